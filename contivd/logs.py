@@ -8,7 +8,7 @@ text observer, writing to the same place twistd would.
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 from twisted.logger import ILogObserver, jsonFileLogObserver
 from twisted.python.logfile import LogFile
@@ -27,7 +27,7 @@ def use_json_for(server_options: Any) -> None:
 
 
 def _open_target() -> IO[str]:
-    name: Optional[str] = _target["logfile"]
+    name: str | None = _target["logfile"]
     if not name or name == "-":
         return sys.stdout
     return LogFile.fromFullPath(name)  # type: ignore[return-value]

@@ -9,7 +9,7 @@ import ipaddress
 import os
 import socket
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import attr
 from twisted.internet.endpoints import serverFromString
@@ -101,7 +101,7 @@ def _docker(name: str, value: str) -> str:
     return value
 
 
-def default_address() -> Optional[str]:
+def default_address() -> str | None:
     """
     The IPv4 address of the interface that holds the default route, or
     L{None} when there is no default route.
@@ -190,14 +190,14 @@ class AgentOptions(usage.Options):
          "endpoints are reclaimed"],
     ]
 
-    def __init__(self, environ: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
         super().__init__()
         env = os.environ if environ is None else environ
         for long_name, _, _, _ in self.optParameters:
             key = ENV_PREFIX + long_name.upper().replace("-", "_")
             if key in env:
                 self[long_name] = env[key]
-        self.config: Optional[AgentConfig] = None
+        self.config: AgentConfig | None = None
 
     def postOptions(self) -> None:
         try:

@@ -1,5 +1,15 @@
 """Real etcd, Open vSwitch and dockerd for tests and the demo."""
 
 from contivd.harness.parts import (  # noqa: F401
-    IMAGE, OVS, Dockerd, Etcd, Harness, NetNS, PartFailed, free_port, run,
-    skip_reason, wait_until)
+    IMAGE,
+    OVS,
+    Dockerd,
+    Etcd,
+    Harness,
+    NetNS,
+    PartFailed,
+    free_port,
+    run,
+    skip_reason,
+    wait_until,
+)

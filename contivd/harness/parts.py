@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 BUSYBOX = "/bin/busybox"
@@ -55,9 +55,9 @@ def wait_until(what: str, check: Callable[[], bool],
     raise PartFailed(f"{what} not ready after {timeout:.0f} s")
 
 
-def run(argv: Sequence[str], netns: Optional[str] = None,
-        check: bool = True, env: Optional[dict[str, str]] = None,
-        input: Optional[bytes] = None,
+def run(argv: Sequence[str], netns: str | None = None,
+        check: bool = True, env: dict[str, str] | None = None,
+        input: bytes | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a command, in a network namespace when one is given."""
     full = list(argv)
@@ -73,7 +73,7 @@ def run(argv: Sequence[str], netns: Optional[str] = None,
     return result
 
 
-def _kill_pidfile(path: str, sig: int = signal.SIGTERM) -> Optional[int]:
+def _kill_pidfile(path: str, sig: int = signal.SIGTERM) -> int | None:
     try:
         with open(path) as f:
             pid = int(f.read().strip())
@@ -86,7 +86,7 @@ def _kill_pidfile(path: str, sig: int = signal.SIGTERM) -> Optional[int]:
     return pid
 
 
-def _wait_gone(pid: Optional[int], timeout: float = 10.0) -> None:
+def _wait_gone(pid: int | None, timeout: float = 10.0) -> None:
     if pid is None:
         return
     deadline = time.monotonic() + timeout
@@ -106,17 +106,17 @@ class Etcd:
     """A private etcd 3.4 with the v2 API on free loopback ports."""
 
     def __init__(self, directory: str, host: str = "127.0.0.1",
-                 netns: Optional[str] = None,
-                 client_port: Optional[int] = None) -> None:
+                 netns: str | None = None,
+                 client_port: int | None = None) -> None:
         self.directory = directory
         self.host = host
         self.netns = netns
         self.client_port = client_port or free_port()
         self.peer_port = free_port()
         self.url = f"http://{host}:{self.client_port}"
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Etcd":
+    def start(self) -> Etcd:
         """Start etcd (again, keeping its data) and wait until it answers."""
         os.makedirs(self.directory, exist_ok=True)
         peer = f"http://{self.host}:{self.peer_port}"
@@ -146,7 +146,7 @@ class Etcd:
         with urllib.request.urlopen(self.url + "/v2/keys/", timeout=2):
             return True
 
-    def get(self, key: str) -> Optional[dict]:
+    def get(self, key: str) -> dict | None:
         """A plain v2 read of C{key}: the node, or L{None} when absent."""
         try:
             with urllib.request.urlopen(
@@ -173,7 +173,7 @@ class Etcd:
 class OVS:
     """A private ovsdb-server and ovs-vswitchd (userspace datapath)."""
 
-    def __init__(self, directory: str, netns: Optional[str] = None) -> None:
+    def __init__(self, directory: str, netns: str | None = None) -> None:
         self.directory = directory
         self.netns = netns
         self.db_sock = os.path.join(directory, "db.sock")
@@ -186,7 +186,7 @@ class OVS:
         env["OVS_LOGDIR"] = self.directory
         return env
 
-    def start(self) -> "OVS":
+    def start(self) -> OVS:
         """Create a fresh database and start both daemons."""
         os.makedirs(self.directory, exist_ok=True)
         db = os.path.join(self.directory, "conf.db")
@@ -255,9 +255,9 @@ class Dockerd:
         self.directory = directory
         self.sock = os.path.join(directory, "docker.sock")
         self.host = "unix://" + self.sock
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "Dockerd":
+    def start(self) -> Dockerd:
         """Start dockerd, wait until it answers, import the busybox image."""
         d = self.directory
         os.makedirs(d, exist_ok=True)
@@ -326,7 +326,7 @@ class NetNS:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def start(self) -> "NetNS":
+    def start(self) -> NetNS:
         run(["ip", "netns", "add", self.name])
         run(["ip", "-n", self.name, "link", "set", "lo", "up"])
         return self
@@ -361,7 +361,7 @@ class Harness:
     def etcd(self, name: str = "etcd", **kw) -> Etcd:
         return self._add(Etcd(self.path(name), **kw))
 
-    def ovs(self, name: str = "ovs", netns: Optional[str] = None) -> OVS:
+    def ovs(self, name: str = "ovs", netns: str | None = None) -> OVS:
         return self._add(OVS(self.path(name), netns=netns))
 
     def dockerd(self, name: str = "docker") -> Dockerd:
@@ -399,7 +399,7 @@ def missing_tools(*tools: str) -> list[str]:
     return [t for t in tools if shutil.which(t) is None]
 
 
-def skip_reason(*tools: str) -> Optional[str]:
+def skip_reason(*tools: str) -> str | None:
     """
     Why a test of real parts cannot run here, or L{None} when it can.
     """

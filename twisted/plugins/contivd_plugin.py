@@ -6,10 +6,9 @@ L{contivd.service.make_service}; importing the rest of the agent waits
 until twistd actually runs it.
 """
 
-from zope.interface import implementer
-
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin
+from zope.interface import implementer
 
 
 @implementer(IServiceMaker, IPlugin)

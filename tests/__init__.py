@@ -1,0 +1,1 @@
+"""The contivd test suite, run with trial."""
