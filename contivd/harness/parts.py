@@ -133,7 +133,8 @@ class Etcd:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns] + argv
         log = open(os.path.join(self.directory, "etcd.log"), "ab")
-        self.process = subprocess.Popen(argv, stdout=log, stderr=log)
+        self.process = subprocess.Popen(argv, stdout=log, stderr=log,
+                                        start_new_session=True)
         log.close()
         wait_until(f"etcd at {self.url}", self.answers, timeout=30)
         return self
@@ -267,7 +268,7 @@ class Dockerd:
              "--exec-root", os.path.join(d, "exec"), "-H", self.host,
              "--pidfile", os.path.join(d, "dockerd.pid"),
              "--iptables=false", "--bridge=none"],
-            stdout=log, stderr=log)
+            stdout=log, stderr=log, start_new_session=True)
         log.close()
         wait_until("dockerd", lambda: self.docker(
             "info", check=False).returncode == 0, timeout=40, interval=0.2)
