@@ -1,17 +1,42 @@
 """
-The agent's shared context: the configuration, the reactor, and the
-components under one supervisor, each able to find the others.
+The agent's shared context: the configuration, the reactor, the store,
+the view of the cluster, and the components under one supervisor, each
+able to find the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Callable, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from contivd.cluster import Peer
 from contivd.options import AgentConfig
+from contivd.store.base import Store
 from contivd.supervisor import Component, Supervisor
+from contivd.view import ObservedSet
+
+
+class StoreConnection(Component):
+    """
+    The etcd connection: runs once etcd has answered a first read.
+
+    Calls made through the store retry on their own while etcd is away,
+    so the other components never see this one fail.
+    """
+
+    name = "store"
+
+    def __init__(self, agent: "Agent") -> None:
+        super().__init__()
+        self.agent = agent
+
+    def start(self) -> Deferred[None]:
+        self.waiting_for("etcd at " + ", ".join(self.agent.config.etcd))
+        d = self.agent.store.list("/contiv.io/master/config")
+        d.addCallback(lambda _: None)
+        return d
 
 
 class Agent:
@@ -19,20 +44,50 @@ class Agent:
     Builds and holds the components of one agent.
 
     @ivar supervisor: the MultiService that twistd runs.
+    @ivar peers: the other agents, as discovery reports them.
     """
 
     def __init__(self, config: AgentConfig, reactor: Any,
-                 on_fatal: Callable[[Failure], None]) -> None:
+                 on_fatal: Callable[[Failure], None],
+                 store: Optional[Store] = None) -> None:
         self.config = config
         self.reactor = reactor
         self.supervisor = Supervisor(reactor, on_fatal)
+        self._store = store
+        self.peers: ObservedSet[Peer] = ObservedSet()
+        self.arp_mode = "proxy"
 
-    def component(self, name: str) -> Component | None:
+    @property
+    def store(self) -> Store:
+        """The cluster store, made on first use."""
+        if self._store is None:
+            from contivd.store.etcd import EtcdStore
+
+            self._store = EtcdStore(self.config.etcd, self.reactor)
+        return self._store
+
+    def component(self, name: str) -> Optional[Component]:
         """The component called C{name}, if the agent has one."""
         return self.supervisor.components.get(name)
 
     def build(self) -> None:
         """Add the components, in the design's start order."""
+        from contivd.cluster import Cluster
+        from contivd.globals import GlobalConfig
         from contivd.status import StatusServer
 
+        self.supervisor.add(StoreConnection(self))
+        self.supervisor.add(GlobalConfig(self))
+        self.supervisor.add(Cluster(self))
         self.supervisor.add(StatusServer(self))
+
+    def reinit_datapath(self, reason: str) -> None:
+        """Restart the datapath components, which re-read everything."""
+        for name in ("ovsdb", "openflow"):
+            component = self.component(name)
+            if component is not None:
+                component.crashed(RuntimeError(reason))
+
+    def arp_mode_changed(self, mode: str) -> None:
+        """Take a new ARP mode from the global config."""
+        self.arp_mode = mode
