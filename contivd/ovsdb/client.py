@@ -424,7 +424,7 @@ class OVSDB:
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"x")
-        except BlockingIOError:
+        except OSError:
             pass
 
     def _deliver(self, call: _Call, result: Any) -> None:
@@ -669,12 +669,6 @@ class OVSDB:
                        target: str, datapath_type: str, dpid: str) -> None:
         root = self._root()
         tables = self._idl.tables
-        iface = txn.insert(tables["Interface"])
-        iface.name = name
-        iface.type = "internal"
-        port = txn.insert(tables["Port"])
-        port.name = name
-        port.interfaces = [iface]
         controller = txn.insert(tables["Controller"])
         controller.target = target
         bridge = txn.insert(tables["Bridge"])
@@ -685,7 +679,6 @@ class OVSDB:
         bridge.other_config = {"datapath-id": dpid}
         bridge.external_ids = {OWNER_KEY: OWNER}
         bridge.controller = [controller]
-        bridge.ports = [port]
         root.addvalue("bridges", bridge)
 
     def _fix_bridge(self, txn: ovs.db.idl.Transaction, bridge: Any,
@@ -793,9 +786,10 @@ class OVSDB:
             bridge = self._need_bridge(bridge_name)
             stale = [p for p in bridge.ports if self._is_ours(p)
                      and p.external_ids.get(PEER_KEY) == peer]
+            names = [p.name for p in stale]
             for port in stale:
                 self._delete_port(txn, port)
-            return [p.name for p in stale]
+            return names
 
         removed = yield from self._transact(
             build, f"remove the tunnel to {peer} from {bridge_name}")
@@ -972,7 +966,9 @@ class OVSDB:
         port.name = name
         port.interfaces = [iface]
         port.external_ids = ids
-        self._set_tag(port, tag)
+        if tag is not None:
+            port.tag = [tag]
+            port.vlan_mode = ["access"]
         bridge.addvalue("ports", port)
 
     @staticmethod
