@@ -15,7 +15,7 @@ from contivd.cluster import Peer
 from contivd.options import AgentConfig
 from contivd.store.base import Store
 from contivd.supervisor import Component, Supervisor
-from contivd.view import ObservedSet
+from contivd.view import ClusterView, ObservedSet
 
 
 class StoreConnection(Component):
@@ -55,7 +55,10 @@ class Agent:
         self.supervisor = Supervisor(reactor, on_fatal)
         self._store = store
         self.peers: ObservedSet[Peer] = ObservedSet()
+        self.view = ClusterView()
         self.arp_mode = "proxy"
+        #: The OVSDB client while the ovsdb component runs.
+        self.ovsdb: Any = None
 
     @property
     def store(self) -> Store:
@@ -73,13 +76,26 @@ class Agent:
     def build(self) -> None:
         """Add the components, in the design's start order."""
         from contivd.cluster import Cluster
+        from contivd.datapath import (
+            OpenFlowComponent,
+            OVSDBComponent,
+            Renderer,
+        )
         from contivd.globals import GlobalConfig
+        from contivd.openflow.controller import OpenFlowController
         from contivd.status import StatusServer
+        from contivd.sync import Sync
 
-        self.supervisor.add(StoreConnection(self))
-        self.supervisor.add(GlobalConfig(self))
-        self.supervisor.add(Cluster(self))
-        self.supervisor.add(StatusServer(self))
+        self.controller = OpenFlowController(self.reactor)
+        self.renderer = Renderer(self, self.view, self.controller)
+        add = self.supervisor.add
+        add(StoreConnection(self))
+        add(Cluster(self))
+        add(GlobalConfig(self))
+        add(OVSDBComponent(self, self.renderer))
+        add(OpenFlowComponent(self, self.controller))
+        add(Sync(self, self.view))
+        add(StatusServer(self))
 
     def reinit_datapath(self, reason: str) -> None:
         """Restart the datapath components, which re-read everything."""

@@ -1,11 +1,13 @@
 """
 The agent's view of the cluster that the datapath is rendered from:
-peers, and observers told of each change.
+peers, networks, groups, endpoints and services, each change told to
+the observers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from twisted.logger import Logger
 
@@ -25,7 +27,7 @@ class ObservedSet(Generic[T]):
         self._observers: list[tuple[Callable[[T], Any],
                                     Callable[[T], Any]]] = []
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[T]:
         return iter(sorted(self._items, key=repr))
 
     def __len__(self) -> int:
@@ -64,3 +66,46 @@ class ObservedSet(Generic[T]):
         except Exception:
             self.log.failure("observer {f} failed on {item}", f=f,
                              item=item)
+
+
+class ClusterView:
+    """
+    The cluster's objects by kind and id, as the sync loops last read
+    them from etcd; C{on_change} hears of every change.
+
+    @ivar objects: kind name to a dict of id to model object.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self._listeners: list[Callable[[str, str, Any, Any], Any]] = []
+
+    def kind(self, name: str) -> dict[str, Any]:
+        """The objects of one kind (a live dict; do not change it)."""
+        return self.objects.setdefault(name, {})
+
+    def on_change(self, listener: Callable[[str, str, Any, Any],
+                                           Any]) -> None:
+        """Call C{listener(kind, id, old, new)} on each change."""
+        self._listeners.append(listener)
+
+    def set(self, kind: str, obj_id: str, obj: Any) -> None:
+        """Hold C{obj} (or, for L{None}, nothing) as C{kind}'s C{obj_id}."""
+        table = self.kind(kind)
+        old = table.get(obj_id)
+        if obj is None:
+            if old is None:
+                return
+            del table[obj_id]
+        else:
+            if old == obj:
+                return
+            table[obj_id] = obj
+        for listener in list(self._listeners):
+            try:
+                listener(kind, obj_id, old, obj)
+            except Exception:
+                self.log.failure("view listener failed on {kind} {id}",
+                                 kind=kind, id=obj_id)
