@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import attr
@@ -368,13 +369,21 @@ class Network(Model):
             out.add(self.gateway)
         return out
 
-    def usable(self) -> list[str]:
+    def usable(self) -> Iterator[str]:
         """Every address an endpoint may get, lowest first."""
         first, last = self.address_range()
         reserved = self.reserved()
-        return [str(ipaddress.IPv4Address(i))
-                for i in range(int(first), int(last) + 1)
-                if str(ipaddress.IPv4Address(i)) not in reserved]
+        for i in range(int(first), int(last) + 1):
+            ip = str(ipaddress.IPv4Address(i))
+            if ip not in reserved:
+                yield ip
+
+    def usable_count(self) -> int:
+        """How many addresses L{usable} gives."""
+        first, last = self.address_range()
+        inside = [ip for ip in self.reserved()
+                  if first <= ipaddress.IPv4Address(ip) <= last]
+        return int(last) - int(first) + 1 - len(inside)
 
 
 def group_id(name: str, tenant: str = DEFAULT_TENANT) -> str:

@@ -54,10 +54,22 @@ _UNREACHABLE = (etcd.EtcdConnectionFailed, etcd.EtcdLeaderElectionInProgress,
                 etcd.EtcdClusterIdChanged)
 
 
+def _reason(e: BaseException) -> str:
+    """A short reason for a failed request, like 'connection refused'."""
+    cause = getattr(e, "cause", None) or e
+    reason = getattr(cause, "reason", None) or cause
+    text = str(reason)
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        text = text.rsplit(": ", 1)[-1]
+    elif isinstance(reason, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        text = "no answer in time"
+    return text.lower() if len(text) < 80 else text
+
+
 class _Retry(Exception):
     """A call failed in a way that a later try may not."""
 
-    def __init__(self, url: str, cause: BaseException) -> None:
+    def __init__(self, url: str, cause: str | BaseException) -> None:
         super().__init__(f"{url}: {cause}")
         self.url = url
         self.cause = cause
@@ -168,7 +180,7 @@ class EtcdStore(Store):
             try:
                 return call(client)
             except _UNREACHABLE as e:
-                raise _Retry(url, e.__cause__ or e) from None
+                raise _Retry(url, _reason(e)) from None
             except etcd.EtcdException as e:
                 if isinstance(e.payload, dict) and \
                         e.payload.get("status", 0) >= 500:

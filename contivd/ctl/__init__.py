@@ -1,0 +1,1 @@
+"""contivctl: the operator's tool that writes intent into etcd."""
