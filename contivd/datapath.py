@@ -165,13 +165,6 @@ class OpenFlowComponent(Component):
         return service.stopService()
 
 
-def local_vlan(network: Any) -> int:
-    """The VLAN a network uses inside the bridge."""
-    if 1 <= network.pkt_tag <= 4094:
-        return int(network.pkt_tag)
-    return int(network.ext_pkt_tag) % 4094 + 1
-
-
 class Renderer:
     """
     Renders the view (networks, endpoints), the tunnels and the local
@@ -188,7 +181,25 @@ class Renderer:
         self.ofports: dict[str, int] = {}
         self._pending: Any = None
         self._lookups: set[str] = set()
+        self._vlans: dict[str, int] = {}
         view.on_change(self._view_changed)
+
+    def local_vlan(self, network: Any) -> int:
+        """
+        The VLAN that tags a network's packets inside the bridge: its
+        pktTag when set, else its VNI folded into 1-4094, else the next
+        VLAN free, so that two networks never share one.
+        """
+        vlan = self._vlans.get(network.id)
+        if vlan is not None:
+            return vlan
+        taken = set(self._vlans.values())
+        vlan = (int(network.pkt_tag) if 1 <= network.pkt_tag <= 4094
+                else (int(network.ext_pkt_tag) - 1) % 4094 + 1)
+        while vlan in taken:
+            vlan = vlan % 4094 + 1
+        self._vlans[network.id] = vlan
+        return vlan
 
     def tunnel_up(self, vtep_ip: str, ofport: int) -> None:
         self.tunnels[vtep_ip] = ofport
@@ -209,6 +220,8 @@ class Renderer:
 
     def _view_changed(self, kind: str, obj_id: str, old: Any,
                       new: Any) -> None:
+        if kind == "networks" and new is None:
+            self._vlans.pop(obj_id, None)
         if kind in ("networks", "endpoints"):
             self.schedule()
 
@@ -229,7 +242,7 @@ class Renderer:
                 continue
             networks[net_id] = network
             objects.append(desired.Network(net_id, network.ext_pkt_tag,
-                                           local_vlan(network)))
+                                           self.local_vlan(network)))
         for vtep_ip, ofport in self.tunnels.items():
             objects.append(desired.Tunnel(vtep_ip, ofport))
         missing = []
