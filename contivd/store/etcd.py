@@ -182,8 +182,11 @@ class EtcdStore(Store):
             except _UNREACHABLE as e:
                 raise _Retry(url, _reason(e)) from None
             except etcd.EtcdException as e:
-                if isinstance(e.payload, dict) and \
-                        e.payload.get("status", 0) >= 500:
+                # A bare EtcdException is an answer that is not etcd's
+                # (a proxy's error page, a server going down).
+                status = e.payload.get("status", 0) if isinstance(
+                    e.payload, dict) else 0
+                if type(e) is etcd.EtcdException or status >= 500:
                     raise _Retry(url, e) from None
                 raise
 
