@@ -83,6 +83,7 @@ class Agent:
         )
         from contivd.globals import GlobalConfig
         from contivd.openflow.controller import OpenFlowController
+        from contivd.reaper import Reaper
         from contivd.status import StatusServer
         from contivd.sync import Sync
 
@@ -95,6 +96,7 @@ class Agent:
         add(OVSDBComponent(self, self.renderer))
         add(OpenFlowComponent(self, self.controller))
         add(Sync(self, self.view))
+        add(Reaper(self))
         add(StatusServer(self))
 
     def reinit_datapath(self, reason: str) -> None:

@@ -19,6 +19,7 @@ from contivd.constants import DATAPATH_IDS, VXLAN_BRIDGE
 from contivd.openflow import desired
 from contivd.openflow.controller import OpenFlowController, OpenFlowService
 from contivd.ovsdb.client import OVSDB, controller_target
+from contivd.reaper import reclaim_endpoint
 from contivd.supervisor import Component
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class OVSDBComponent(Component):
             config.datapath, DATAPATH_IDS[VXLAN_BRIDGE])
         log.info("bridge {bridge}: {outcome}", bridge=VXLAN_BRIDGE,
                  outcome=outcome)
+        await self._reconcile(client)
         self.agent.ovsdb = client
         self.agent.peers.observe(self._peer_added, self._peer_removed)
         self._health = LoopingCall(self._check_connected)
@@ -69,6 +71,37 @@ class OVSDBComponent(Component):
 
     def start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
+
+    async def _reconcile(self, client: OVSDB) -> None:
+        """
+        Once the cluster's state is read, remove our ports and tunnels
+        that belong to no endpoint or peer, and reclaim the local
+        endpoints whose port or veth is gone.
+        """
+        for needed in ("sync", "cluster"):
+            component = self.agent.component(needed)
+            if component is not None:
+                self.waiting_for(f"{needed}, to know which ports to keep")
+                await component.state.when_running()
+        local = {ep_id: ep for ep_id, ep in
+                 self.agent.view.kind("endpoints").items()
+                 if ep.homing_host == self.agent.config.host_label}
+        peers = [p.vtep_ip for p in self.agent.peers]
+        removed = await client.reconcile(VXLAN_BRIDGE, local, peers)
+        if removed:
+            log.info("removed stale ports {names}", names=", ".join(removed))
+        records = await client.our_ports(VXLAN_BRIDGE)
+        plugged = {r.endpoint_id: r for r in records
+                   if r.kind == "endpoint" and r.ofport}
+        for ep_id, endpoint in local.items():
+            record = plugged.get(ep_id)
+            if record is None:
+                log.info("reclaiming local endpoint {ep}: its port or veth "
+                         "is gone", ep=ep_id)
+                await client.unplug_endpoint(VXLAN_BRIDGE, ep_id)
+                await reclaim_endpoint(self.agent.store, endpoint)
+            else:
+                self.renderer.port_up(ep_id, record.ofport)
 
     def _check_connected(self) -> None:
         if self.client is not None and not self.client.connected:
