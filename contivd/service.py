@@ -33,11 +33,19 @@ def fatal_stopper(reactor: IReactorCore,
     def stop(failure: Failure) -> None:
         message = str(failure.value)
         log.critical("stopping the agent: {reason}", reason=message)
-        sys.stderr.write(f"contivd: {message}\n")
-        sys.stderr.flush()
-        atexit.register(_exit_with, exit_code)
+        # twistd sends sys.stderr to the log; the person who started the
+        # agent should see why it stopped too.
+        err = sys.__stderr__ or sys.stderr
+        err.write(f"contivd: {message}\n")
+        err.flush()
+        # Threads blocked in etcd long polls would hold up a normal exit;
+        # once every service has stopped, leave at once.
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_with,
+                                      exit_code)
         if reactor.running:
             reactor.stop()
+        else:
+            atexit.register(_exit_with, exit_code)
 
     return stop
 
