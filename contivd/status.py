@@ -49,6 +49,43 @@ class StatusApp:
         return _json(request, {"components": [
             s.as_dict() for s in self.agent.supervisor.states()]})
 
+    @app.route("/inspect/peers", methods=["GET"])
+    def peers(self, request: Any) -> bytes:
+        return _json(request, {"peers": [
+            attr.asdict(p) for p in self.agent.peers]})
+
+    @app.route("/inspect/endpoints", methods=["GET"])
+    def endpoints(self, request: Any) -> bytes:
+        renderer = getattr(self.agent, "renderer", None)
+        ofports = renderer.ofports if renderer is not None else {}
+        label = self.agent.config.host_label
+        found = []
+        for ep_id, ep in sorted(self.agent.view.kind("endpoints").items()):
+            found.append({
+                "id": ep_id, "network": ep.net_id, "ip": ep.ip_address,
+                "mac": ep.mac_address, "host": ep.homing_host,
+                "vtep": ep.vtep_ip, "local": ep.homing_host == label,
+                "ofport": ofports.get(ep_id),
+                "name": ep.ep_common_name, "group": ep.endpoint_group_key,
+            })
+        return _json(request, {"endpoints": found})
+
+    @app.route("/inspect/driver", methods=["GET"])
+    def driver(self, request: Any) -> bytes:
+        controller = getattr(self.agent, "controller", None)
+        renderer = getattr(self.agent, "renderer", None)
+        ovsdb = self.agent.ovsdb
+        return _json(request, {
+            "ovsdb": {"remote": self.agent.config.ovsdb,
+                      "connected": bool(ovsdb is not None
+                                        and ovsdb.connected)},
+            "switches": controller.status() if controller else {},
+            "vteps": dict(sorted(renderer.tunnels.items()))
+            if renderer else {},
+            "arp_mode": self.agent.arp_mode,
+            "fwd_mode": self.agent.config.fwd_mode,
+        })
+
     @app.route("/inspect/config", methods=["GET"])
     def config(self, request: Any) -> bytes:
         return _json(request, attr.asdict(self.agent.config))
@@ -62,6 +99,13 @@ class StatusApp:
             return _json(request, {"error": failure.value.description},
                          code)
         return _json(request, {"error": str(failure.value)}, 500)
+
+
+class _QuietSite(Site):
+    """A Site that does not log every request (health probes are many)."""
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 class StatusServer(Component):
@@ -78,7 +122,7 @@ class StatusServer(Component):
     def start(self) -> Deferred[None]:
         endpoint = serverFromString(self.agent.reactor,
                                     self.agent.config.status_listen)
-        site = Site(self.routes.app.resource())
+        site = _QuietSite(self.routes.app.resource())
         site.noisy = False
         d = endpoint.listen(site)
 
