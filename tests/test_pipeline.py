@@ -179,7 +179,7 @@ class FlowValueTests(SynchronousTestCase):
         self.assertEqual(
             flow.to_ofctl(),
             "table=9,priority=100,cookie=0xc3,dl_dst=02:00:00:00:00:01,"
-            "vlan_vid=0x1003 actions=pop_vlan,output:2")
+            "vlan_vid=4099 actions=pop_vlan,output:2")
 
 
 class DiffTests(SynchronousTestCase):

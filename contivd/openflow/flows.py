@@ -19,6 +19,14 @@ MatchItem = tuple[str, Any]
 #: The order in which a switch runs (and OVS reports) the instructions.
 _INSTRUCTION_RANK = {"apply": 0, "metadata": 1, "goto": 2}
 
+#: OXM field numbers of the fields we match on: os-ken orders by them.
+_OXM_ORDER = {
+    "in_port": 0, "metadata": 2, "eth_dst": 3, "eth_src": 4,
+    "eth_type": 5, "vlan_vid": 6, "ip_dscp": 8, "ip_proto": 10,
+    "ipv4_src": 11, "ipv4_dst": 12, "tcp_src": 13, "tcp_dst": 14,
+    "udp_src": 15, "udp_dst": 16, "arp_op": 21, "tunnel_id": 38,
+}
+
 _OFCTL_FIELDS = {
     "in_port": "in_port", "eth_dst": "dl_dst", "eth_src": "dl_src",
     "eth_type": "dl_type", "vlan_vid": "vlan_vid", "metadata": "metadata",
@@ -84,7 +92,10 @@ def _normal_value(value: Any) -> Any:
 
 
 def _normal_match(match: Mapping[str, Any]) -> tuple[MatchItem, ...]:
-    ordered = parser.OFPMatch(**match)._fields2
+    if all(name in _OXM_ORDER for name in match):
+        ordered = sorted(match.items(), key=lambda i: _OXM_ORDER[i[0]])
+    else:
+        ordered = parser.OFPMatch(**match)._fields2
     return tuple((name, _normal_value(value)) for name, value in ordered)
 
 
@@ -171,6 +182,13 @@ class Group:
         return cls(stats.group_id, tuple(
             tuple(_action_from_wire(a) for a in bucket.actions)
             for bucket in stats.buckets))
+
+    def to_ofctl(self) -> str:
+        """This group in the syntax of C{ovs-ofctl add-groups}."""
+        buckets = "".join(
+            ",bucket=actions=" + ",".join(_ofctl_action(a) for a in bucket)
+            for bucket in self.buckets)
+        return f"group_id={self.group_id},type=all{buckets}"
 
     def to_message(self, datapath: Any, command: int) -> Any:
         """This group as a GROUP_MOD with C{command} (ADD/MODIFY/DELETE)."""
@@ -279,9 +297,9 @@ def _instruction_from_wire(instruction: Any) -> Instruction:
 
 def _ofctl_value(value: Any) -> str:
     if isinstance(value, tuple):
-        return f"{_ofctl_value(value[0])}/{_ofctl_value(value[1])}"
-    if isinstance(value, int):
-        return f"{value:#x}"
+        if isinstance(value[0], int):
+            return f"{value[0]:#x}/{value[1]:#x}"
+        return f"{value[0]}/{value[1]}"
     return str(value)
 
 
