@@ -11,13 +11,25 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from contivd.constants import (
-    DATAPATH_IDS, ENDPOINT_KEY, OWNER_KEY, PEER_KEY, VXLAN_BRIDGE,
-    VXLAN_OVERHEAD)
+    DATAPATH_IDS,
+    ENDPOINT_KEY,
+    OWNER_KEY,
+    PEER_KEY,
+    VXLAN_BRIDGE,
+    VXLAN_OVERHEAD,
+)
 from contivd.errors import ConfigError, Conflict, NotFound
 from contivd.harness import Harness, skip_reason
 from contivd.ovsdb import (
-    OVSDB, OVSDBTimeout, controller_target, delete_veth, link_exists,
-    lowest_host_mtu, port_names, tunnel_name)
+    OVSDB,
+    OVSDBTimeout,
+    controller_target,
+    delete_veth,
+    link_exists,
+    lowest_host_mtu,
+    port_names,
+    tunnel_name,
+)
 from contivd.ovsdb.client import OWNER
 from contivd.ovsdb.veth import MAX_NAME, link_info
 
@@ -28,9 +40,10 @@ TARGET = "tcp:127.0.0.1:6633"
 OF13_HELLO = bytes([4, 0, 0, 8, 0, 0, 0, 1])
 
 
-def _tx_checksumming(name):
-    out = subprocess.run(["ethtool", "-k", name], capture_output=True,
-                         text=True, check=True).stdout
+def _tx_checksumming(netns, name):
+    out = subprocess.run(["ip", "netns", "exec", netns, "ethtool", "-k",
+                          name], capture_output=True, text=True,
+                         check=True).stdout
     for line in out.splitlines():
         if line.startswith("tx-checksumming:"):
             return line.split(":", 1)[1].split()[0]
@@ -110,8 +123,11 @@ class OVSDBTests(TestCase):
     def setUp(self):
         self.harness = Harness()
         self.addCleanup(self.harness.close)
-        self.ovs = self.harness.ovs()
-        self.client = OVSDB(reactor, self.ovs.remote, timeout=20)
+        # A namespace of its own: only one userspace datapath works in each.
+        self.netns = self.harness.netns("ovsdb").name
+        self.ovs = self.harness.ovs(netns=self.netns)
+        self.client = OVSDB(reactor, self.ovs.remote, timeout=20,
+                            netns=self.netns)
         self.addCleanup(self.client.close)
         self.token = secrets.token_hex(3)
         self.endpoints = []
@@ -120,9 +136,10 @@ class OVSDBTests(TestCase):
 
     def _no_veth_left(self):
         left = [name for endpoint in self.endpoints
-                for name in port_names(endpoint) if link_exists(name)]
+                for name in port_names(endpoint)
+                if link_exists(name, netns=self.netns)]
         for name in left:
-            delete_veth(name)
+            delete_veth(name, netns=self.netns)
         self.assertEqual(left, [], "veths left behind")
 
     def endpoint(self, name):
@@ -130,6 +147,15 @@ class OVSDBTests(TestCase):
         endpoint_id = f"net.default-{self.token}-{name}"
         self.endpoints.append(endpoint_id)
         return endpoint_id
+
+    def info(self, name):
+        return link_info(name, netns=self.netns)
+
+    def tx(self, name):
+        return _tx_checksumming(self.netns, name)
+
+    def exists(self, name):
+        return link_exists(name, netns=self.netns)
 
     def get(self, table, record, column):
         return _value(self.ovs.vsctl("get", table, record, column))
@@ -189,10 +215,11 @@ class OVSDBTests(TestCase):
         """The bridge reports its controller connected once one answers."""
         factory = Factory.forProtocol(_Hello)
         factory.connections = []
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        path = self.harness.path("of.sock")
+        port = reactor.listenUNIX(path, factory)
         self.addCleanup(port.stopListening)
         self.addCleanup(self._drop, factory.connections)
-        target = f"tcp:127.0.0.1:{port.getHost().port}"
+        target = controller_target(f"unix:{path}")
         yield self.client.ensure_bridge(BRIDGE, target, "netdev", DPID)
 
         connected = False
@@ -235,22 +262,22 @@ class OVSDBTests(TestCase):
         self.assertEqual(
             self.get("Interface", plugged.ovs_name,
                      f"external_ids:{OWNER_KEY}"), OWNER)
-        mtu = lowest_host_mtu() - VXLAN_OVERHEAD
-        host = link_info(plugged.ovs_name)
-        container = link_info(plugged.container_name)
+        mtu = lowest_host_mtu(netns=self.netns) - VXLAN_OVERHEAD
+        host = self.info(plugged.ovs_name)
+        container = self.info(plugged.container_name)
         self.assertEqual((host["kind"], host["mtu"], host["up"]),
                          ("veth", mtu, True))
         self.assertEqual((container["mtu"], container["mac"]), (mtu, mac))
-        self.assertEqual(_tx_checksumming(plugged.ovs_name), "off")
-        self.assertEqual(_tx_checksumming(plugged.container_name), "off")
+        self.assertEqual(self.tx(plugged.ovs_name), "off")
+        self.assertEqual(self.tx(plugged.container_name), "off")
 
         self.assertTrue((yield self.client.unplug_endpoint(BRIDGE,
                                                            endpoint_id)))
 
         self.assertNotIn(plugged.ovs_name,
                          self.ovs.vsctl("list-ports", BRIDGE).split())
-        self.assertFalse(link_exists(plugged.ovs_name))
-        self.assertFalse(link_exists(plugged.container_name))
+        self.assertFalse(self.exists(plugged.ovs_name))
+        self.assertFalse(self.exists(plugged.container_name))
         self.assertFalse((yield self.client.unplug_endpoint(BRIDGE,
                                                             endpoint_id)))
 
@@ -261,8 +288,8 @@ class OVSDBTests(TestCase):
         endpoint_id = self.endpoint("b")
         plugged = yield self.client.plug_endpoint(BRIDGE, endpoint_id,
                                                   mtu=1400)
-        self.assertEqual(link_info(plugged.ovs_name)["mtu"], 1400)
-        self.assertEqual(_tx_checksumming(plugged.container_name), "on")
+        self.assertEqual(self.info(plugged.ovs_name)["mtu"], 1400)
+        self.assertEqual(self.tx(plugged.container_name), "on")
         yield self.client.unplug_endpoint(BRIDGE, endpoint_id)
 
     @inlineCallbacks
@@ -347,9 +374,9 @@ class OVSDBTests(TestCase):
         self.assertEqual(
             sorted(self.ovs.vsctl("list-ports", BRIDGE).split()),
             sorted([kept.ovs_name, tunnel_name("10.0.0.2"), "foreign0"]))
-        self.assertFalse(link_exists(gone.ovs_name))
-        self.assertFalse(link_exists(gone.container_name))
-        self.assertTrue(link_exists(kept.ovs_name))
+        self.assertFalse(self.exists(gone.ovs_name))
+        self.assertFalse(self.exists(gone.container_name))
+        self.assertTrue(self.exists(kept.ovs_name))
         self.assertEqual(
             (yield self.client.reconcile(BRIDGE, {keep}, {"10.0.0.2"})), [])
         records = yield self.client.ports(BRIDGE)

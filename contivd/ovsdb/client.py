@@ -185,14 +185,18 @@ class OVSDB:
 
     log = Logger()
 
-    def __init__(self, reactor, remote: str, timeout: float = 10.0) -> None:
+    def __init__(self, reactor, remote: str, timeout: float = 10.0,
+                 netns: Optional[str] = None) -> None:
         """
         @param remote: an OVSDB remote, like C{unix:/run/openvswitch/db.sock}.
         @param timeout: the default deadline of each call, in seconds.
+        @param netns: the named network namespace ovs-vswitchd runs in,
+            where veth pairs are made; by default this process's own.
         """
         self._reactor = reactor
         self.remote = remote
         self.timeout = timeout
+        self.netns = netns
         self.connected = False
         self._incoming: collections.deque[_Call] = collections.deque()
         self._thread: Optional[threading.Thread] = None
@@ -803,18 +807,18 @@ class OVSDB:
                     tx_checksum_off: bool) -> Steps:
         ovs_name, container_name = veth.port_names(endpoint_id)
         created = False
-        if not veth.link_exists(ovs_name):
+        if not veth.link_exists(ovs_name, netns=self.netns):
             if mtu is None:
-                mtu = veth.default_endpoint_mtu()
+                mtu = veth.default_endpoint_mtu(netns=self.netns)
             veth.create_veth(ovs_name, container_name, mtu, mac,
-                             tx_checksum_off)
+                             tx_checksum_off, netns=self.netns)
             created = True
         try:
             ofport = yield from self._add_endpoint_steps(
                 bridge, ovs_name, endpoint_id, tag)
         except BaseException:
             if created:
-                veth.delete_veth(ovs_name)
+                veth.delete_veth(ovs_name, netns=self.netns)
             raise
         return PluggedEndpoint(endpoint_id=endpoint_id, ofport=ofport,
                                ovs_name=ovs_name,
@@ -823,7 +827,7 @@ class OVSDB:
     def _unplug_steps(self, bridge: str, endpoint_id: str) -> Steps:
         ovs_name, _ = veth.port_names(endpoint_id)
         removed = yield from self._remove_port_steps(bridge, ovs_name)
-        return veth.delete_veth(ovs_name) or removed
+        return veth.delete_veth(ovs_name, netns=self.netns) or removed
 
     def _reconcile_steps(self, bridge_name: str, keep_endpoints: set[str],
                          keep_peers: set[str]) -> Steps:
@@ -850,7 +854,7 @@ class OVSDB:
         for name, is_endpoint in removed:
             if is_endpoint:
                 try:
-                    veth.delete_veth(name)
+                    veth.delete_veth(name, netns=self.netns)
                 except veth.LinkError as e:
                     self._tell(self.log.warn, "{error}", error=e)
         names = sorted(name for name, _ in removed)

@@ -1,14 +1,20 @@
 """
 Endpoint veth pairs through pyroute2: their names, MTU, MAC and TX
 checksum offload. These calls block; run them off the reactor thread.
+
+Each call takes C{netns}, a named network namespace to work in instead of
+the calling thread's own (as tests with a private OVS need).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import hashlib
+import os
 import subprocess
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -33,6 +39,45 @@ _DEFAULT_MTU = 1500
 
 class LinkError(ContivError):
     """A network interface could not be created, changed or removed."""
+
+
+@contextlib.contextmanager
+def namespace(netns: Optional[str]) -> Iterator[None]:
+    """
+    Run the block with the calling thread in network namespace C{netns}
+    (a name under /run/netns), then return it where it was.
+    """
+    if netns is None:
+        yield
+        return
+    from pyroute2.netns import setns
+
+    saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            setns(netns, flags=0)
+        except OSError as e:
+            raise LinkError(
+                f"cannot enter network namespace {netns}: {e}; check that "
+                f"/run/netns/{netns} exists") from e
+        try:
+            yield
+        finally:
+            setns(saved)
+    finally:
+        os.close(saved)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _netns_keyword(function: _F) -> _F:
+    @functools.wraps(function)
+    def call(*args: Any, netns: Optional[str] = None, **kwargs: Any) -> Any:
+        with namespace(netns):
+            return function(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 def port_names(endpoint_id: str) -> tuple[str, str]:
@@ -62,6 +107,7 @@ def _kind(link) -> Optional[str]:
     return info.get_attr("IFLA_INFO_KIND")
 
 
+@_netns_keyword
 def lowest_host_mtu() -> int:
     """
     The lowest MTU of the host's links that are up, leaving out loopback,
@@ -81,17 +127,20 @@ def lowest_host_mtu() -> int:
     return _DEFAULT_MTU if lowest is None else lowest
 
 
+@_netns_keyword
 def default_endpoint_mtu(overhead: int = VXLAN_OVERHEAD) -> int:
     """The MTU of an endpoint: the lowest host MTU less C{overhead}."""
     return lowest_host_mtu() - overhead
 
 
+@_netns_keyword
 def link_exists(name: str) -> bool:
     """Whether an interface called C{name} exists in this namespace."""
     with IPRoute() as ipr:
         return bool(ipr.link_lookup(ifname=name))
 
 
+@_netns_keyword
 def link_info(name: str) -> Optional[dict]:
     """
     The kind, MTU, MAC address and up flag of interface C{name}, or
@@ -110,6 +159,7 @@ def link_info(name: str) -> Optional[dict]:
         }
 
 
+@_netns_keyword
 def create_veth(host_name: str, peer_name: str, mtu: int,
                 mac: Optional[str] = None,
                 tx_checksum_off: bool = False) -> None:
@@ -181,6 +231,7 @@ def _delete(ipr: IPRoute, name: str) -> bool:
     return True
 
 
+@_netns_keyword
 def delete_veth(host_name: str) -> bool:
     """
     Delete the veth pair whose host end is C{host_name} (the kernel
@@ -202,6 +253,7 @@ def delete_veth(host_name: str) -> bool:
     return deleted
 
 
+@_netns_keyword
 def set_tx_checksum_off(name: str) -> None:
     """
     Turn TX checksum offload off on interface C{name}, like
@@ -247,6 +299,7 @@ def _tx_off_pyroute2(name: str) -> None:
         raise LinkError(f"{name} still has {', '.join(left)} on")
 
 
+@_netns_keyword
 def tx_checksum_on(name: str) -> bool:
     """Whether any TX checksum offload feature of C{name} is on."""
     from pyroute2.ethtool import Ethtool
