@@ -605,3 +605,26 @@ class SocketTests(TestCase):
             pass
         self.addCleanup(os.unlink, path)
         self.assertRaises(ConfigError, remove_stale_socket, path)
+
+
+class SweepTests(PluginTestCase):
+    def test_unused_reservation_freed_after_an_interval(self):
+        """
+        An address requested but never claimed is freed on the second
+        sweep that sees it; claimed ones and other hosts' stay.
+        """
+        from contivd.cnm.driver import ReservationSweep
+
+        self.network()
+        self.pool_id = self.docker_network()
+        self.container(self.pool_id)
+        self.post("IpamDriver.RequestAddress", {"PoolID": self.pool_id})
+        other = ipam.address_key("web.default", "10.9.1.77")
+        self.store.create(other, reservation("hostB"))
+        sweep = ReservationSweep(self.store, HOST)
+        self.assertEqual(self.successResultOf(sweep.sweep()), [])
+        self.assertEqual(self.successResultOf(sweep.sweep()), [
+            ipam.address_key("web.default", "10.9.1.2")])
+        held = self.successResultOf(ipam.allocated_addresses(
+            self.store, "web.default"))
+        self.assertEqual(sorted(held), ["10.9.1.1", "10.9.1.77"])

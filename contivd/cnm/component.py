@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.web.server import Site
 
 from contivd.cnm.api import DriverAPI, PluginApp
 from contivd.cnm.dockernets import DockerClient, Mirror
-from contivd.cnm.driver import Driver
+from contivd.cnm.driver import Driver, ReservationSweep
 from contivd.errors import ConfigError
 from contivd.model import NETS
 from contivd.supervisor import Component
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 #: The socket's name is the driver's name in C{docker network create -d}.
 SOCKET_NAME = "contiv.sock"
 SOCKET_MODE = 0o660
+#: Seconds between sweeps of addresses requested but never used.
+SWEEP_INTERVAL = 60.0
 
 
 def socket_path(plugin_dir: str) -> str:
@@ -72,9 +75,17 @@ class DockerPlugin(Component):
         self.app = PluginApp(DriverAPI(self.driver), agent.reactor)
         self.path = socket_path(config.docker_plugin_dir)
         self._port: IListeningPort | None = None
+        self.sweep = ReservationSweep(agent.store, config.host_label)
+        self._sweeping: LoopingCall | None = None
 
     def start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
+
+    def _sweep_once(self) -> Deferred[None]:
+        d = self.sweep.sweep()
+        d.addErrback(lambda f: self.log.warn(
+            "sweeping unused addresses failed: {error}", error=f.value))
+        return d
 
     async def _start(self) -> None:
         ovsdb = self.agent.component("ovsdb")
@@ -89,10 +100,16 @@ class DockerPlugin(Component):
                                       mode=SOCKET_MODE)
         self._port = await endpoint.listen(site)
         os.chmod(self.path, SOCKET_MODE)
+        self._sweeping = LoopingCall(self._sweep_once)
+        self._sweeping.clock = self.agent.reactor
+        self._sweeping.start(SWEEP_INTERVAL, now=False)
         self.log.info("Docker plugin contiv listening on {path}",
                       path=self.path)
 
     def stop(self) -> Deferred[None]:
+        if self._sweeping is not None and self._sweeping.running:
+            self._sweeping.stop()
+        self._sweeping = None
         port, self._port = self._port, None
         if port is None:
             return succeed(None)

@@ -701,3 +701,42 @@ class Driver:
                               endpoint_id=oper.endpoint_id).key
         await self._delete_keys(config_key, oper.key)
         log.info("endpoint {ep} deleted", ep=oper.id)
+
+
+class ReservationSweep:
+    """
+    Frees addresses that RequestAddress gave on this host but no
+    endpoint claimed for a whole sweep interval: a request whose answer
+    Docker never got (it retries with a new request), or an endpoint of
+    another IPAM driver that was deleted. Docker claims an address
+    within the same call that allocates it, so an interval of a minute
+    leaves every live allocation alone.
+    """
+
+    def __init__(self, store: Store, host: str) -> None:
+        self.store = store
+        self.token = reservation(host)
+        self._seen: dict[str, int] = {}
+
+    def sweep(self) -> Deferred[list[str]]:
+        """One pass; a Deferred firing with the address keys freed."""
+        return _run(self._sweep())
+
+    async def _sweep(self) -> list[str]:
+        listing = await self.store.list(ipam.ALLOC + "/ip")
+        unclaimed = {node.key: node.modified_index for node in listing.nodes
+                     if node.value == self.token}
+        freed = []
+        for key, index in sorted(unclaimed.items()):
+            if self._seen.get(key) != index:
+                continue
+            try:
+                await self.store.compare_delete(key, self.token)
+            except (KeyMissing, CompareFailed):
+                continue
+            freed.append(key)
+            log.info("freed {key}: requested by Docker but never used",
+                     key=key)
+        self._seen = {k: i for k, i in unclaimed.items()
+                      if k not in freed}
+        return freed
