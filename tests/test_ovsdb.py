@@ -215,7 +215,8 @@ class OVSDBTests(TestCase):
         """The bridge reports its controller connected once one answers."""
         factory = Factory.forProtocol(_Hello)
         factory.connections = []
-        path = self.harness.path("of.sock")
+        # ovs-vswitchd dials unix sockets only in its own run directory.
+        path = self.harness.path("ovs", "of.sock")
         port = reactor.listenUNIX(path, factory)
         self.addCleanup(port.stopListening)
         self.addCleanup(self._drop, factory.connections)
