@@ -227,7 +227,7 @@ class OVSDB:
             self._wake()
         result: Deferred[None] = Deferred()
         assert self._closed is not None
-        self._closed.addBoth(lambda r: (result.callback(None), r)[1])
+        self._closed.addBoth(lambda _: result.callback(None))
         return result
 
     def ensure_bridge(self, name: str, controller_target: str,
@@ -471,6 +471,7 @@ class OVSDB:
                 os.close(fd)
             self._tell(self.log.info, "OVSDB client for {remote} stopped",
                        remote=self.remote)
+            assert self._closed is not None
             self._reactor.callFromThread(self._closed.callback, None)
 
     def _loop(self, pending: list[_Call]) -> None:
@@ -672,7 +673,7 @@ class OVSDB:
     def _insert_bridge(self, txn: ovs.db.idl.Transaction, name: str,
                        target: str, datapath_type: str, dpid: str) -> None:
         root = self._root()
-        tables = self._idl.tables
+        tables = self._tables()
         controller = txn.insert(tables["Controller"])
         controller.target = target
         bridge = txn.insert(tables["Bridge"])
@@ -704,7 +705,7 @@ class OVSDB:
         if [c.target for c in bridge.controller] != [target]:
             for old in bridge.controller:
                 old.delete()
-            controller = txn.insert(self._idl.tables["Controller"])
+            controller = txn.insert(self._tables()["Controller"])
             controller.target = target
             bridge.controller = [controller]
             fixed.append("controller")
@@ -883,8 +884,12 @@ class OVSDB:
 
     # Reading the replica, in the IDL thread.
 
+    def _tables(self) -> dict[str, Any]:
+        assert self._idl is not None
+        return self._idl.tables
+
     def _rows(self, table: str) -> Iterable[Any]:
-        return self._idl.tables[table].rows.values()
+        return self._tables()[table].rows.values()
 
     def _root(self) -> Any:
         for row in self._rows("Open_vSwitch"):
@@ -960,7 +965,7 @@ class OVSDB:
     def _insert_port(self, txn: ovs.db.idl.Transaction, bridge: Any,
                      name: str, kind: str, options: dict[str, str],
                      ids: dict[str, str], tag: Optional[int]) -> None:
-        tables = self._idl.tables
+        tables = self._tables()
         iface = txn.insert(tables["Interface"])
         iface.name = name
         iface.type = kind

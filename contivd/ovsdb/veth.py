@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import os
 import subprocess
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Iterator, Optional
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -68,18 +67,6 @@ def namespace(netns: Optional[str]) -> Iterator[None]:
         os.close(saved)
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _netns_keyword(function: _F) -> _F:
-    @functools.wraps(function)
-    def call(*args: Any, netns: Optional[str] = None, **kwargs: Any) -> Any:
-        with namespace(netns):
-            return function(*args, **kwargs)
-
-    return call  # type: ignore[return-value]
-
-
 def port_names(endpoint_id: str) -> tuple[str, str]:
     """
     The interface names of an endpoint's veth pair: the end that goes on
@@ -107,62 +94,62 @@ def _kind(link) -> Optional[str]:
     return info.get_attr("IFLA_INFO_KIND")
 
 
-@_netns_keyword
-def lowest_host_mtu() -> int:
+def lowest_host_mtu(netns: Optional[str] = None) -> int:
     """
     The lowest MTU of the host's links that are up, leaving out loopback,
     tap devices and the veths contivd made; 1500 when there is none.
     """
-    lowest = None
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            if name == "lo" or _is_ours(name):
-                continue
-            if not link["flags"] & _IFF_UP or _kind(link) == "tun":
-                continue
-            mtu = link.get_attr("IFLA_MTU")
-            if mtu and (lowest is None or mtu < lowest):
-                lowest = mtu
-    return _DEFAULT_MTU if lowest is None else lowest
+    with namespace(netns):
+        lowest = None
+        with IPRoute() as ipr:
+            for link in ipr.get_links():
+                name = link.get_attr("IFLA_IFNAME")
+                if name == "lo" or _is_ours(name):
+                    continue
+                if not link["flags"] & _IFF_UP or _kind(link) == "tun":
+                    continue
+                mtu = link.get_attr("IFLA_MTU")
+                if mtu and (lowest is None or mtu < lowest):
+                    lowest = mtu
+        return _DEFAULT_MTU if lowest is None else lowest
 
 
-@_netns_keyword
-def default_endpoint_mtu(overhead: int = VXLAN_OVERHEAD) -> int:
+def default_endpoint_mtu(overhead: int = VXLAN_OVERHEAD,
+                         netns: Optional[str] = None) -> int:
     """The MTU of an endpoint: the lowest host MTU less C{overhead}."""
-    return lowest_host_mtu() - overhead
+    return lowest_host_mtu(netns=netns) - overhead
 
 
-@_netns_keyword
-def link_exists(name: str) -> bool:
+def link_exists(name: str, netns: Optional[str] = None) -> bool:
     """Whether an interface called C{name} exists in this namespace."""
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=name))
+    with namespace(netns):
+        with IPRoute() as ipr:
+            return bool(ipr.link_lookup(ifname=name))
 
 
-@_netns_keyword
-def link_info(name: str) -> Optional[dict]:
+def link_info(name: str, netns: Optional[str] = None) -> Optional[dict]:
     """
     The kind, MTU, MAC address and up flag of interface C{name}, or
     L{None} when it does not exist.
     """
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return None
-        link = ipr.get_links(found[0])[0]
-        return {
-            "kind": _kind(link),
-            "mtu": link.get_attr("IFLA_MTU"),
-            "mac": link.get_attr("IFLA_ADDRESS"),
-            "up": bool(link["flags"] & _IFF_UP),
-        }
+    with namespace(netns):
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                return None
+            link = ipr.get_links(found[0])[0]
+            return {
+                "kind": _kind(link),
+                "mtu": link.get_attr("IFLA_MTU"),
+                "mac": link.get_attr("IFLA_ADDRESS"),
+                "up": bool(link["flags"] & _IFF_UP),
+            }
 
 
-@_netns_keyword
 def create_veth(host_name: str, peer_name: str, mtu: int,
                 mac: Optional[str] = None,
-                tx_checksum_off: bool = False) -> None:
+                tx_checksum_off: bool = False,
+                netns: Optional[str] = None) -> None:
     """
     Create a veth pair: C{host_name} up, for the bridge, and C{peer_name}
     down with C{mac}, for the runtime to move into the container. Both
@@ -172,34 +159,35 @@ def create_veth(host_name: str, peer_name: str, mtu: int,
     @raise Conflict: when C{host_name} or C{peer_name} exists already.
     @raise LinkError: when the kernel refuses a step; nothing is left.
     """
-    for name in (host_name, peer_name):
-        if len(name) > MAX_NAME:
-            raise ValueError(
-                f"{name!r} is longer than {MAX_NAME} characters; use "
-                "port_names() to derive interface names")
-    with IPRoute() as ipr:
+    with namespace(netns):
         for name in (host_name, peer_name):
-            if ipr.link_lookup(ifname=name):
-                raise Conflict(
-                    f"interface {name} exists already; remove it "
-                    f"(ip link del {name}) or use another endpoint id")
-        try:
-            ipr.link("add", ifname=host_name, kind="veth",
-                     peer={"ifname": peer_name})
-        except NetlinkError as e:
-            raise LinkError(
-                f"could not create veth pair {host_name}/{peer_name}: "
-                f"{e}; check that this process has CAP_NET_ADMIN") from e
-        try:
-            _configure(ipr, host_name, peer_name, mtu, mac)
-            if tx_checksum_off:
-                set_tx_checksum_off(host_name)
-                set_tx_checksum_off(peer_name)
-        except BaseException:
-            _delete(ipr, host_name)
-            raise
-    log.debug("created veth {host}/{peer} mtu {mtu} mac {mac}",
-              host=host_name, peer=peer_name, mtu=mtu, mac=mac)
+            if len(name) > MAX_NAME:
+                raise ValueError(
+                    f"{name!r} is longer than {MAX_NAME} characters; use "
+                    "port_names() to derive interface names")
+        with IPRoute() as ipr:
+            for name in (host_name, peer_name):
+                if ipr.link_lookup(ifname=name):
+                    raise Conflict(
+                        f"interface {name} exists already; remove it "
+                        f"(ip link del {name}) or use another endpoint id")
+            try:
+                ipr.link("add", ifname=host_name, kind="veth",
+                         peer={"ifname": peer_name})
+            except NetlinkError as e:
+                raise LinkError(
+                    f"could not create veth pair {host_name}/{peer_name}: "
+                    f"{e}; check that this process has CAP_NET_ADMIN") from e
+            try:
+                _configure(ipr, host_name, peer_name, mtu, mac)
+                if tx_checksum_off:
+                    set_tx_checksum_off(host_name)
+                    set_tx_checksum_off(peer_name)
+            except BaseException:
+                _delete(ipr, host_name)
+                raise
+        log.debug("created veth {host}/{peer} mtu {mtu} mac {mac}",
+                  host=host_name, peer=peer_name, mtu=mtu, mac=mac)
 
 
 def _configure(ipr: IPRoute, host_name: str, peer_name: str, mtu: int,
@@ -231,30 +219,29 @@ def _delete(ipr: IPRoute, name: str) -> bool:
     return True
 
 
-@_netns_keyword
-def delete_veth(host_name: str) -> bool:
+def delete_veth(host_name: str, netns: Optional[str] = None) -> bool:
     """
     Delete the veth pair whose host end is C{host_name} (the kernel
     removes both ends); whether there was one. An interface of that name
     that is not a veth is left alone.
     """
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=host_name)
-        if not found:
-            return False
-        link = ipr.get_links(found[0])[0]
-        if _kind(link) != "veth":
-            log.warn("not deleting {name}: it is a {kind}, not a veth",
-                     name=host_name, kind=_kind(link))
-            return False
-        deleted = _delete(ipr, host_name)
-    if deleted:
-        log.debug("deleted veth {name}", name=host_name)
-    return deleted
+    with namespace(netns):
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=host_name)
+            if not found:
+                return False
+            link = ipr.get_links(found[0])[0]
+            if _kind(link) != "veth":
+                log.warn("not deleting {name}: it is a {kind}, not a veth",
+                         name=host_name, kind=_kind(link))
+                return False
+            deleted = _delete(ipr, host_name)
+        if deleted:
+            log.debug("deleted veth {name}", name=host_name)
+        return deleted
 
 
-@_netns_keyword
-def set_tx_checksum_off(name: str) -> None:
+def set_tx_checksum_off(name: str, netns: Optional[str] = None) -> None:
     """
     Turn TX checksum offload off on interface C{name}, like
     C{ethtool -K NAME tx off}: through pyroute2's ethtool, or by running
@@ -262,22 +249,23 @@ def set_tx_checksum_off(name: str) -> None:
 
     @raise LinkError: when neither works.
     """
-    try:
-        _tx_off_pyroute2(name)
-        return
-    except Exception as e:
-        log.debug("pyroute2 ethtool failed on {name}: {error}; running "
-                  "ethtool", name=name, error=e)
-    try:
-        result = subprocess.run(["ethtool", "-K", name, "tx", "off"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise LinkError(
-            f"could not turn TX checksum offload off on {name}: {e}; "
-            "install ethtool") from e
-    if result.returncode != 0:
-        raise LinkError(
-            f"ethtool -K {name} tx off failed: {result.stderr.strip()}")
+    with namespace(netns):
+        try:
+            _tx_off_pyroute2(name)
+            return
+        except Exception as e:
+            log.debug("pyroute2 ethtool failed on {name}: {error}; running "
+                      "ethtool", name=name, error=e)
+        try:
+            result = subprocess.run(["ethtool", "-K", name, "tx", "off"],
+                                    capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise LinkError(
+                f"could not turn TX checksum offload off on {name}: {e}; "
+                "install ethtool") from e
+        if result.returncode != 0:
+            raise LinkError(
+                f"ethtool -K {name} tx off failed: {result.stderr.strip()}")
 
 
 def _tx_off_pyroute2(name: str) -> None:
@@ -294,16 +282,17 @@ def _tx_off_pyroute2(name: str) -> None:
         if changed:
             ethtool.set_features(name, features)
         left = [f.name for f in ethtool.get_features(name).features.values()
-                if f.name.startswith("tx-checksum") and f.enable]
+                if f.name.startswith("tx-checksum") and f.enable
+                and f.available]
     if left:
         raise LinkError(f"{name} still has {', '.join(left)} on")
 
 
-@_netns_keyword
-def tx_checksum_on(name: str) -> bool:
+def tx_checksum_on(name: str, netns: Optional[str] = None) -> bool:
     """Whether any TX checksum offload feature of C{name} is on."""
-    from pyroute2.ethtool import Ethtool
+    with namespace(netns):
+        from pyroute2.ethtool import Ethtool
 
-    with Ethtool() as ethtool:
-        return any(f.enable for f in ethtool.get_features(name)
-                   .features.values() if f.name.startswith("tx-checksum"))
+        with Ethtool() as ethtool:
+            return any(f.enable for f in ethtool.get_features(name)
+                       .features.values() if f.name.startswith("tx-checksum"))
