@@ -1,6 +1,6 @@
 """
 contivctl: writes the cluster's intent (global config, networks,
-groups) into etcd, validated, and shows what agents published.
+groups) into etcd, validated, and shows what agents published and do.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from contivd import ipam
+from contivd.ctl.status import DEFAULT_AGENT
+from contivd.ctl.status import status as agent_status
 from contivd.errors import ConfigError, Conflict, ContivError, NotFound
 from contivd.model import (
     DEFAULT_TENANT,
@@ -379,6 +381,14 @@ def _parser() -> argparse.ArgumentParser:
         command(sub.add_subparsers(dest="cmd", required=True), "ls",
                 f"list {help}")
 
+    stat = kinds.add_parser(
+        "status", parents=[common],
+        help="one agent's health, components, peers and bridges (exit 3 "
+        "when it is not healthy)")
+    stat.add_argument("--agent", default=os.environ.get(
+        "CONTIV_AGENT", DEFAULT_AGENT), metavar="URL",
+        help=f"the agent's status server (default {DEFAULT_AGENT})")
+
     for sub in (create, gcreate):
         sub.add_argument("--tenant", default=DEFAULT_TENANT)
     for action in list(ncmd.choices.values()) + list(
@@ -455,6 +465,10 @@ async def run(reactor: Any, args: argparse.Namespace,
 def main(argv: Sequence[str] | None = None) -> None:
     """The C{contivctl} console script."""
     args = _parser().parse_args(argv)
+    if args.kind == "status":
+        raise SystemExit(agent_status(args.agent,
+                                      getattr(args, "json", False),
+                                      sys.stdout, sys.stderr))
 
     async def go(reactor: Any) -> None:
         code = await run(reactor, args, sys.stdout, sys.stderr)

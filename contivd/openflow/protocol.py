@@ -267,6 +267,15 @@ class OpenFlowProtocol(Protocol):
         """
         return self._dump(parser.OFPGroupDescStatsRequest(CODEC, 0))
 
+    def dump_ports(self, port_no: int = ofp.OFPP_ANY) -> defer.Deferred:
+        """
+        Read the packet and byte counters of C{port_no} (every port by
+        default).
+
+        @return: a L{Deferred} firing with a list of C{OFPPortStats}.
+        """
+        return self._dump(parser.OFPPortStatsRequest(CODEC, 0, port_no))
+
     def packet_out(self, data: bytes, actions: Iterable[flows.Action],
                    in_port: int = ofp.OFPP_CONTROLLER) -> int:
         """Send C{data} through C{actions} (see L{flows}); the xid."""
@@ -444,5 +453,6 @@ class OpenFlowProtocol(Protocol):
         parser.OFPBarrierReply: _barrier_reply,
         parser.OFPFlowStatsReply: _multipart_reply,
         parser.OFPGroupDescStatsReply: _multipart_reply,
+        parser.OFPPortStatsReply: _multipart_reply,
         parser.OFPPacketIn: _packet_in,
     }

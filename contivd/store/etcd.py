@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import etcd
 import urllib3
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -124,6 +124,11 @@ class EtcdStore(Store):
     the other calls (nor the reactor's own pool).
 
     @param urls: the etcd client URLs, tried in turn.
+    @ivar observer: L{None}, or an object told of every round trip to
+        etcd through C{round_trip(operation, outcome, seconds)}, where
+        C{outcome} is C{"ok"}, C{"error"} (etcd refused the request) or
+        C{"unreachable"}; a L{Watcher} on this store tells it of
+        restarts through C{watch_restarted(prefix, reason)}.
     """
 
     log = Logger()
@@ -131,7 +136,8 @@ class EtcdStore(Store):
     def __init__(self, urls: Sequence[str], reactor: Any,
                  timeout: float = 5.0,
                  give_up_after: float | None = None,
-                 max_calls: int = 8, max_watches: int = 32) -> None:
+                 max_calls: int = 8, max_watches: int = 32,
+                 observer: Any = None) -> None:
         if not urls:
             raise ValueError("give at least one etcd URL")
         self.urls = tuple(urls)
@@ -139,6 +145,7 @@ class EtcdStore(Store):
         self._reactor: IReactorThreads = reactor
         self.timeout = timeout
         self.give_up_after = give_up_after
+        self.observer = observer
         self._current = 0
         self._clients = [_client(u, timeout, max_calls) for u in urls]
         self._watch_clients = [_client(u, timeout, max_watches)
@@ -209,14 +216,22 @@ class EtcdStore(Store):
         started = self.clock.seconds()
         attempt = 0
         while True:
+            sent = self.clock.seconds()
             try:
-                return await self._in_thread(pool, clients, call)
+                result = await self._in_thread(pool, clients, call)
             except _Retry as e:
+                self._observe(what, "unreachable", sent)
                 error = e
+            except CancelledError:
+                raise
             except Exception as e:
+                self._observe(what, "error", sent)
                 if attempt and retried is not None:
                     return retried(e)
                 raise self._translate(e, what) from None
+            else:
+                self._observe(what, "ok", sent)
+                return result
             attempt += 1
             waited = self.clock.seconds() - started
             if self.give_up_after is not None and \
@@ -232,6 +247,11 @@ class EtcdStore(Store):
                     "next in {delay:.1f} s", error=error, what=what,
                     attempt=attempt, delay=delay)
             await deferLater(self.clock, delay, lambda: None)
+
+    def _observe(self, what: str, outcome: str, sent: float) -> None:
+        if self.observer is not None:
+            self.observer.round_trip(what.split(" ", 1)[0], outcome,
+                                     self.clock.seconds() - sent)
 
     @staticmethod
     def _translate(e: Exception, what: str) -> Exception:

@@ -103,15 +103,22 @@ class Watcher:
                     "watch of {prefix}: index {index} is too old (the "
                     "store is at {now}); re-reading the prefix",
                     prefix=self.prefix, index=self.index, now=e.index)
+                self._restarted("index_cleared")
                 await self._resync()
                 continue
             except Exception as e:
+                self._restarted("error")
                 await self._backoff(e)
                 continue
             self._failures = 0
             if event is not None:
                 self.index = event.index + 1
                 await self._deliver(self._translate(event))
+
+    def _restarted(self, reason: str) -> None:
+        observer = getattr(self._store, "observer", None)
+        if observer is not None:
+            observer.watch_restarted(self.prefix, reason)
 
     async def _step(self, d: Deferred):
         self._pending = d
