@@ -118,3 +118,36 @@ class Agent:
                 return "".join(f.readlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+_PLUG = """
+import sys
+from twisted.internet.task import react
+from contivd.constants import VXLAN_BRIDGE
+from contivd.ovsdb.client import OVSDB
+
+async def plug(reactor, remote, endpoint_id, mac):
+    client = OVSDB(reactor, remote)
+    await client.connect(timeout=20)
+    try:
+        plugged = await client.plug_endpoint(
+            VXLAN_BRIDGE, endpoint_id, mac=mac, tx_checksum_off=True)
+        print(plugged.container_name)
+    finally:
+        await client.close()
+
+react(lambda r, *a: __import__("twisted.internet.defer").internet.defer
+      .Deferred.fromCoroutine(plug(r, *a)), sys.argv[1:])
+"""
+
+
+def plug_endpoint(remote: str, endpoint_id: str, mac: str,
+                  netns: str | None = None) -> str:
+    """
+    Make an endpoint's veth pair and OVS port with the agent's own OVSDB
+    client, as the Docker or CNI front end does; the container end's
+    name.
+    """
+    out = run([sys.executable, "-c", _PLUG, remote, endpoint_id, mac],
+              netns=netns)
+    return out.stdout.strip().splitlines()[-1]
