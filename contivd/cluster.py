@@ -6,7 +6,6 @@ peers (the other agents' VTEPs).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import attr
@@ -15,7 +14,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from contivd.constants import ETCD_ROOT
+from contivd.errors import ValidationError
+from contivd.model import ServiceInfo, service_prefix
 from contivd.store.base import Listing, Store, StoreError
 from contivd.supervisor import Component
 
@@ -24,68 +24,9 @@ if TYPE_CHECKING:
     from contivd.store.base import Event
     from contivd.store.watch import Watcher
 
-SERVICE_ROOT = ETCD_ROOT + "/service"
 AGENT_SERVICE = "netplugin"
 VTEP_SERVICE = "netplugin.vtep"
 TTL = 10
-
-
-@attr.s(frozen=True, auto_attribs=True, kw_only=True)
-class ServiceEntry:
-    """
-    One entry of the service registry, in Contiv's ServiceInfo JSON.
-    """
-
-    service_name: str
-    host_addr: str
-    port: int
-    hostname: str = ""
-    role: str = ""
-    version: str = ""
-    ttl: int = TTL
-
-    @property
-    def key(self) -> str:
-        """Where the entry lives in etcd."""
-        return service_key(self.service_name, self.host_addr, self.port)
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "ServiceName": self.service_name, "Role": self.role,
-            "Version": self.version, "TTL": self.ttl,
-            "HostAddr": self.host_addr, "Port": self.port,
-            "Hostname": self.hostname,
-        })
-
-    @classmethod
-    def from_json(cls, text: str) -> "ServiceEntry":
-        """
-        Parse a registry value.
-
-        @raise ValueError: when it is not ServiceInfo JSON.
-        """
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("a service entry is a JSON object")
-        try:
-            return cls(service_name=str(data["ServiceName"]),
-                       host_addr=str(data["HostAddr"]),
-                       port=int(data["Port"]),
-                       hostname=str(data.get("Hostname") or ""),
-                       role=str(data.get("Role") or ""),
-                       version=str(data.get("Version") or ""),
-                       ttl=int(data.get("TTL") or TTL))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"a service entry lacks {e}") from None
-
-
-def service_key(service: str, host_addr: str, port: int) -> str:
-    """The registry key of one instance of C{service}."""
-    return f"{SERVICE_ROOT}/{service}/{host_addr}:{port}"
-
-
-def service_prefix(service: str) -> str:
-    return f"{SERVICE_ROOT}/{service}"
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -107,7 +48,7 @@ class Registration:
     log = Logger()
 
     def __init__(self, store: Store, clock: IReactorTime,
-                 entries: list[ServiceEntry]) -> None:
+                 entries: list[ServiceInfo]) -> None:
         self._store = store
         self._clock = clock
         self.entries = entries
@@ -199,8 +140,8 @@ class PeerDiscovery:
 
     def _seen(self, key: str, value: str) -> None:
         try:
-            entry = ServiceEntry.from_json(value)
-        except ValueError as e:
+            entry = ServiceInfo.from_json(value)
+        except ValidationError as e:
             self.log.warn("skipping malformed registry entry {key}: "
                           "{reason}", key=key, reason=str(e))
             return
@@ -234,14 +175,14 @@ class PeerDiscovery:
             self._watcher = None
 
 
-def agent_entries(agent: "Agent") -> list[ServiceEntry]:
+def agent_entries(agent: "Agent") -> list[ServiceInfo]:
     """This agent's two registry entries, as Contiv wrote them."""
     config = agent.config
     return [
-        ServiceEntry(service_name=AGENT_SERVICE, host_addr=config.ctrl_ip,
+        ServiceInfo(service_name=AGENT_SERVICE, host_addr=config.ctrl_ip,
                      port=status_port(config.status_listen),
                      hostname=config.host_label),
-        ServiceEntry(service_name=VTEP_SERVICE, host_addr=config.vtep_ip,
+        ServiceInfo(service_name=VTEP_SERVICE, host_addr=config.vtep_ip,
                      port=config.vxlan_port, hostname=config.host_label),
     ]
 
@@ -253,18 +194,6 @@ def status_port(endpoint: str) -> int:
         if part.isdigit():
             return int(part)
     return 0
-
-
-async def read_hosts(store: Store) -> list[tuple[ServiceEntry, Any]]:
-    """Every registered agent's VTEP entry and its TTL, for C{host ls}."""
-    listing = await store.list(service_prefix(VTEP_SERVICE))
-    hosts = []
-    for node in listing.nodes:
-        try:
-            hosts.append((ServiceEntry.from_json(node.value), node.ttl))
-        except ValueError:
-            continue
-    return hosts
 
 
 class Cluster(Component):

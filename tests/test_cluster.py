@@ -10,7 +10,7 @@ from contivd.cluster import (
     Peer,
     PeerDiscovery,
     Registration,
-    ServiceEntry,
+    ServiceInfo,
 )
 from contivd.errors import FatalError
 from contivd.globals import GLOBAL_KEY, GlobalConfig
@@ -20,7 +20,7 @@ from contivd.supervisor import WAITING
 
 
 def vtep(addr, host, port=4789):
-    return ServiceEntry(service_name="netplugin.vtep", host_addr=addr,
+    return ServiceInfo(service_name="netplugin.vtep", host_addr=addr,
                         port=port, hostname=host)
 
 
