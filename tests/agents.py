@@ -35,15 +35,22 @@ class Agent:
     def __init__(self, harness: Harness, name: str, etcd_url: str,
                  vtep_ip: str, netns: str | None = None,
                  extra: tuple[str, ...] = ("--plugin-mode", "none"),
-                 ovs=None) -> None:
+                 ovs=None, own_ovs_netns: bool = False) -> None:
         self.harness = harness
         self.name = name
         self.etcd_url = etcd_url
         self.vtep_ip = vtep_ip
         self.netns = netns
+        if ovs is None and own_ovs_netns:
+            # One netdev ovs-vswitchd works per namespace: this one gets
+            # its own, and the switch reaches the agent on a unix socket.
+            ovs_ns = harness.netns(f"o{name}").name
+            ovs = harness.ovs(f"ovs-{name}", netns=ovs_ns)
         self.ovs = ovs or harness.ovs(f"ovs-{name}", netns=netns)
         self.status_port = free_port()
-        self.of_port = free_port()
+        self.of_listen = (f"unix:{self.ovs.directory}/controller.sock"
+                          if own_ovs_netns else
+                          f"tcp:{free_port()}:interface=127.0.0.1")
         self.extra = extra
         self.log = harness.path(f"{name}.log")
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,7 +67,7 @@ class Agent:
             "--etcd", self.etcd_url, "--ovsdb", self.ovs.remote,
             "--datapath", "netdev", "--host-label", self.name,
             "--vtep-ip", self.vtep_ip, "--ctrl-ip", self.vtep_ip,
-            "--of-listen", f"tcp:{self.of_port}:interface=127.0.0.1",
+            "--of-listen", self.of_listen,
             "--status-listen",
             f"tcp:{self.status_port}:interface=127.0.0.1",
         ] + list(self.extra)

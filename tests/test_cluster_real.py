@@ -22,7 +22,8 @@ class ThreeAgentTests(SynchronousTestCase):
         self.etcd = self.harness.etcd()
 
     def agent(self, name, vtep):
-        return Agent(self.harness, name, self.etcd.url, vtep).start()
+        return Agent(self.harness, name, self.etcd.url, vtep,
+                     own_ovs_netns=True).start()
 
     def wait_peers(self, agent, expected, timeout=30):
         wait_until(f"{agent.name} to see {sorted(expected)}",
@@ -51,6 +52,7 @@ class ThreeAgentTests(SynchronousTestCase):
                               (b, {"hostA", "hostC"}),
                               (c, {"hostA", "hostB"})):
             self.wait_peers(agent, others)
+            agent.wait_healthy()
 
         c.kill()
         killed = time.monotonic()
@@ -77,7 +79,7 @@ class ThreeAgentTests(SynchronousTestCase):
         set_global(self.etcd.url, "bridge")
         agent = Agent(self.harness, "hostM", self.etcd.url, "127.0.0.9",
                       extra=("--plugin-mode", "none",
-                             "--fwd-mode", "routing"))
+                             "--fwd-mode", "routing"), own_ovs_netns=True)
         agent.start()
         self.assertNotEqual(agent.process.wait(30), 0)
         log = agent.log_tail()
