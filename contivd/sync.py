@@ -6,6 +6,7 @@ own, so that no change between the read and the watch is lost.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,7 @@ class KindLoop:
                  apply: Callable[[str, str, Any], Any]) -> None:
         self.kind = kind
         self._apply = apply
-        self._queue: list[tuple[str, str | None]] = []
+        self._queue: deque[tuple[str, str | None]] = deque()
         self._busy = False
         self.applied = 0
         self.skipped = 0
@@ -93,7 +94,7 @@ class KindLoop:
     def _drain(self) -> None:
         self._busy = True
         while self._queue:
-            key, value = self._queue.pop(0)
+            key, value = self._queue.popleft()
             found = kind_of(key)
             assert found is not None
             obj_id = found[1]
