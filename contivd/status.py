@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 import attr
 from klein import Klein
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from contivd import model
@@ -130,9 +131,26 @@ class StatusApp:
         if connection is None or not connection.is_up:
             raise StatusError(503, f"{VXLAN_BRIDGE} is not connected to "
                               "the controller; no counters to read")
-        d = connection.dump_ports()
+        # The dump itself must not be cancelled: its reply may still come,
+        # and the connection would then answer a Deferred already fired.
+        d: Deferred[list] = Deferred()
+
+        def answered(result: Any) -> None:
+            if d.called:
+                return
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+        connection.dump_ports().addBoth(answered)
         d.addTimeout(STATS_DEADLINE, self.agent.reactor)
-        by_port = {s.port_no: s for s in await d}
+        try:
+            by_port = {s.port_no: s for s in await d}
+        except TimeoutError:
+            raise StatusError(504, (
+                f"{VXLAN_BRIDGE} did not answer PORT_STATS within "
+                f"{STATS_DEADLINE:.0f} s")) from None
         renderer = getattr(self.agent, "renderer", None)
         ofports = renderer.ofports if renderer is not None else {}
         found = {}
