@@ -8,7 +8,6 @@ an empty cluster. Run as root.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import urllib.request
@@ -169,6 +168,4 @@ def ofctl_install(harness: Harness, flows: list[str],
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
     raise SystemExit(main())
