@@ -27,7 +27,7 @@ setup(
         "prometheus_client",
     ],
     extras_require={
-        "dev": ["ruff", "mypy"],
+        "dev": ["ruff", "mypy", "mypy-zope"],
     },
     entry_points={
         "console_scripts": [
