@@ -446,6 +446,27 @@ class MetricsTests(SynchronousTestCase):
             "contivd_docker_call_seconds_count",
             (("call", "NetworkDriver.Join"), ("outcome", "ok")))], 1)
 
+    def test_plugin_app_timed(self):
+        """The wrapper times calls of the real Docker plugin app."""
+        from contivd.cnm.api import DriverAPI, PluginApp
+
+        clock = Clock()
+        metrics = Metrics()
+        app = PluginApp(DriverAPI(None), clock)
+        app.dispatch = timed_docker_calls(metrics, app.dispatch, clock)
+        client = StubTreq(app.resource())
+        for call in ("Plugin.Activate", "NetworkDriver.CreateNetwork"):
+            self.successResultOf(client.post(f"http://plugin/{call}",
+                                             data=b"{}"))
+        samples = parse(metrics.exposition())
+        self.assertEqual(samples[(
+            "contivd_docker_call_seconds_count",
+            (("call", "Plugin.Activate"), ("outcome", "ok")))], 1)
+        self.assertEqual(samples[(
+            "contivd_docker_call_seconds_count",
+            (("call", "NetworkDriver.CreateNetwork"),
+             ("outcome", "error")))], 1)
+
 
 class FlakyStore(MemoryStore):
     """A MemoryStore whose waits fail as told, then behave."""
