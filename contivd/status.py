@@ -171,7 +171,7 @@ class StatusApp:
                 if ep.homing_host == label}
 
     @app.route("/metrics", methods=["GET"])
-    def metrics(self, request: Any) -> bytes:
+    def prometheus(self, request: Any) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return self.metrics.exposition()
 
@@ -292,4 +292,5 @@ class StatusServer(Component):
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
-        return port.stopListening()
+        stopped = port.stopListening()
+        return stopped if stopped is not None else succeed(None)
