@@ -48,8 +48,8 @@ class StatusError(Exception):
 
 def _port_stats(stats: Any) -> dict[str, int]:
     """
-    Contiv's PortStats of one switch port, seen from the endpoint's side
-    of the bridge: "in" is what the switch received from the endpoint.
+    Contiv's PortStats of an endpoint's port: C{PacketsIn} and C{BytesIn}
+    entered the bridge from the endpoint (the port's rx counters).
     """
     return {"PacketsIn": stats.rx_packets, "BytesIn": stats.rx_bytes,
             "PacketsOut": stats.tx_packets, "BytesOut": stats.tx_bytes}
