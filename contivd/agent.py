@@ -34,9 +34,10 @@ class StoreConnection(Component):
 
     def start(self) -> Deferred[None]:
         self.waiting_for("etcd at " + ", ".join(self.agent.config.etcd))
-        d = self.agent.store.list("/contiv.io/master/config")
-        d.addCallback(lambda _: None)
-        return d
+        return Deferred.fromCoroutine(self._first_read())
+
+    async def _first_read(self) -> None:
+        await self.agent.store.list("/contiv.io/master/config")
 
 
 class Agent:
@@ -59,6 +60,9 @@ class Agent:
         self.arp_mode = "proxy"
         #: The OVSDB client while the ovsdb component runs.
         self.ovsdb: Any = None
+        #: The agent's Prometheus metrics (L{contivd.metrics}), made on
+        #: first use.
+        self.metrics: Any = None
 
     @property
     def store(self) -> Store:

@@ -63,18 +63,18 @@ class Registration:
         return self._refresh()
 
     def _refresh(self) -> Deferred[None]:
-        ds = [self._store.put(e.key, e.to_json(), ttl=e.ttl)
-              for e in self.entries]
-        d = DeferredList(ds, consumeErrors=True)
-        d.addCallback(self._refreshed)
-        return d
+        return Deferred.fromCoroutine(self._write())
 
-    def _refreshed(self, results: list) -> None:
+    async def _write(self) -> None:
+        results = await DeferredList(
+            [self._store.put(e.key, e.to_json(), ttl=e.ttl)
+             for e in self.entries], consumeErrors=True)
         failures = [r for ok, r in results if not ok]
         if failures:
             if self.registered:
                 self.log.warn("registration refresh failed: {reason}",
-                              reason=failures[0].getErrorMessage())
+                              reason=str(getattr(failures[0], "value",
+                                                 failures[0])))
             self.registered = False
             return
         if not self.registered:
@@ -88,15 +88,15 @@ class Registration:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        ds = []
-        for entry in self.entries:
-            d = self._store.compare_delete(entry.key, entry.to_json())
-            d.addErrback(lambda f: f.trap(StoreError))
-            ds.append(d)
         self.registered = False
-        d = DeferredList(ds)
-        d.addCallback(lambda _: None)
-        return d
+        return Deferred.fromCoroutine(self._remove())
+
+    async def _remove(self) -> None:
+        for entry in self.entries:
+            try:
+                await self._store.compare_delete(entry.key, entry.to_json())
+            except StoreError:
+                pass
 
 
 class PeerDiscovery:
@@ -122,9 +122,10 @@ class PeerDiscovery:
 
     def start(self) -> Deferred[None]:
         """Read the current peers, report them, then watch for changes."""
-        d = self._store.list(service_prefix(VTEP_SERVICE))
-        d.addCallback(self._listed)
-        return d
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self._listed(await self._store.list(service_prefix(VTEP_SERVICE)))
 
     def _listed(self, listing: Listing) -> None:
         for node in listing.nodes:

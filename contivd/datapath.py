@@ -100,7 +100,7 @@ class OVSDBComponent(Component):
                          "is gone", ep=ep_id)
                 await client.unplug_endpoint(VXLAN_BRIDGE, ep_id)
                 await reclaim_endpoint(self.agent.store, endpoint)
-            else:
+            elif record.ofport is not None:
                 self.renderer.port_up(ep_id, record.ofport)
 
     def _check_connected(self) -> None:
@@ -278,18 +278,18 @@ class Renderer:
                                            self.local_vlan(network)))
         for vtep_ip, ofport in self.tunnels.items():
             objects.append(desired.Tunnel(vtep_ip, ofport))
-        missing = []
+        missing: list[str] = []
         for ep_id, ep in self.view.kind("endpoints").items():
             if ep.net_id not in networks or not ep.ip_address:
                 continue
             mac = ep.mac_address
             if self.is_local(ep):
-                ofport = self.ofports.get(ep_id)
-                if ofport is None:
+                port = self.ofports.get(ep_id)
+                if port is None:
                     missing.append(ep_id)
                     continue
                 objects.append(desired.LocalEndpoint(
-                    ep_id, ep.net_id, ofport, mac, ep.ip_address))
+                    ep_id, ep.net_id, port, mac, ep.ip_address))
             elif ep.vtep_ip:
                 objects.append(desired.RemoteEndpoint(
                     ep_id, ep.net_id, mac, ep.ip_address, ep.vtep_ip))

@@ -193,7 +193,8 @@ class AgentOptions(usage.Options):
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         super().__init__()
         env = os.environ if environ is None else environ
-        for long_name, _, _, _ in self.optParameters:
+        for parameter in self.optParameters:
+            long_name = str(parameter[0])
             key = ENV_PREFIX + long_name.upper().replace("-", "_")
             if key in env:
                 self[long_name] = env[key]

@@ -7,11 +7,11 @@ keep running.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attr
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -152,7 +152,7 @@ class Supervised(Service):
                  backoff: Backoff, on_fatal: Callable[[Failure], None],
                  rand: Callable[[], float] = random.random) -> None:
         self.component = component
-        self.name = component.name
+        self.setName(component.name)
         self._clock = clock
         self._backoff = backoff
         self._on_fatal = on_fatal
@@ -282,9 +282,8 @@ class Supervisor(MultiService):
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
-        children = list(self)
-        children.reverse()
-        d: Deferred[None] = succeed(None)
+        return Deferred.fromCoroutine(self._stop_each(reversed(list(self))))
+
+    async def _stop_each(self, children: Iterable[IService]) -> None:
         for child in children:
-            d.addCallback(lambda _, c=child: c.stopService())
-        return d
+            await maybeDeferred(child.stopService)

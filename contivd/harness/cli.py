@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Optional
+from typing import Any, Optional
 
 from contivd.harness.parts import (
     IMAGE,
@@ -146,7 +146,8 @@ def demo(directory: str = DEMO_DIR) -> int:
     ovs = OVS(os.path.join(directory, "ovs"))
     docker = Dockerd(os.path.join(directory, "docker"))
     status_port = free_port()
-    state = {"docker_dir": docker.directory, "ovs_dir": ovs.directory}
+    state: dict[str, Any] = {"docker_dir": docker.directory,
+                             "ovs_dir": ovs.directory}
     with open(_state_path(directory), "w") as f:
         json.dump(state, f)
 
