@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import attr
@@ -85,8 +85,14 @@ def parse_ranges(field: str, value: str, top: int) -> tuple[tuple[int, int],
     return tuple(ranges)
 
 
-def _v(check):
-    def validator(instance, attribute, value):
+#: A check of one value, given the JSON name of its field.
+_Check = Callable[[str, Any], object]
+
+
+def _v(check: _Check) -> Callable[[Any, attr.Attribute[Any], Any], None]:
+    """An attrs validator running C{check} under the field's JSON name."""
+    def validator(instance: Any, attribute: attr.Attribute[Any],
+                  value: Any) -> None:
         check(attribute.metadata.get("json", attribute.name), value)
     return validator
 
@@ -101,7 +107,7 @@ def _ipv4_or_empty(field: str, value: Any) -> None:
                    "(like 10.1.1.2)") from None
 
 
-def _int_in(lo: int, hi: int):
+def _int_in(lo: int, hi: int) -> _Check:
     def check(field: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) \
                 or not lo <= value <= hi:
@@ -109,7 +115,7 @@ def _int_in(lo: int, hi: int):
     return check
 
 
-def _one_of(*choices: str):
+def _one_of(*choices: str) -> _Check:
     def check(field: str, value: Any) -> None:
         if value not in choices:
             raise _bad(field, value, f"is not one of {', '.join(choices)}")
@@ -128,14 +134,6 @@ def _mac_or_empty(field: str, value: Any) -> None:
                    "(like 02:02:0a:01:01:02)")
 
 
-def _f(name: str, default: Any = attr.NOTHING, check=None,
-       converter=None):
-    """A field stored under the JSON name C{name}."""
-    return attr.ib(default=default,
-                   validator=None if check is None else _v(check),
-                   converter=converter, metadata={"json": name})
-
-
 def _mapping(value: Any) -> dict:
     return dict(value or {})
 
@@ -152,6 +150,9 @@ class Model:
 
     #: Whether the JSON carries Contiv's C{"id"} field.
     has_id: ClassVar[bool] = True
+    #: Set by C{attr.s} on each subclass; declared so that
+    #: C{attr.fields} accepts any model.
+    __attrs_attrs__: ClassVar[tuple[attr.Attribute[Any], ...]]
 
     @property
     def id(self) -> str:
@@ -208,11 +209,17 @@ class Model:
 class GlobalConfig(Model):
     """The cluster's forwarding settings, at L{GLOBAL_CONFIG_KEY}."""
 
-    nw_infra_type = _f("nw-infra-type", "default",
-                       _one_of("default", "aci", "aci-opflex"))
-    fwd_mode = _f("fwd-mode", check=_one_of("bridge", "routing"))
-    arp_mode = _f("arp-mode", "proxy", _one_of("proxy", "flood"))
-    pvt_subnet = _f("pvt-subnet", check=parse_subnet)
+    nw_infra_type: str = attr.ib(
+        default="default",
+        validator=_v(_one_of("default", "aci", "aci-opflex")),
+        metadata={"json": "nw-infra-type"})
+    fwd_mode: str = attr.ib(validator=_v(_one_of("bridge", "routing")),
+                            metadata={"json": "fwd-mode"})
+    arp_mode: str = attr.ib(default="proxy",
+                            validator=_v(_one_of("proxy", "flood")),
+                            metadata={"json": "arp-mode"})
+    pvt_subnet: str = attr.ib(validator=_v(parse_subnet),
+                              metadata={"json": "pvt-subnet"})
 
     id = ""
     key = GLOBAL_CONFIG_KEY
@@ -222,10 +229,14 @@ class GlobalConfig(Model):
 class GlobalState(Model):
     """The VLAN and VXLAN ranges tags are allocated from."""
 
-    vlans = _f("VLANs", DEFAULT_VLANS,
-               lambda f, v: parse_ranges(f, v, MAX_VLAN))
-    vxlans = _f("VXLANs", DEFAULT_VXLANS,
-                lambda f, v: parse_ranges(f, v, MAX_VNI))
+    vlans: str = attr.ib(
+        default=DEFAULT_VLANS,
+        validator=_v(lambda f, v: parse_ranges(f, v, MAX_VLAN)),
+        metadata={"json": "VLANs"})
+    vxlans: str = attr.ib(
+        default=DEFAULT_VXLANS,
+        validator=_v(lambda f, v: parse_ranges(f, v, MAX_VNI)),
+        metadata={"json": "VXLANs"})
 
     id = "global"
     key = GLOBAL_STATE_KEY
@@ -257,25 +268,46 @@ class Network(Model):
     C{ext_pkt_tag} the VNI of a VXLAN network (0 for a VLAN network).
     """
 
-    tenant = _f("tenant", DEFAULT_TENANT, check_name)
-    network_name = _f("networkName", check=check_name)
-    nw_type = _f("nwType", "data", _one_of("data", "infra"))
-    pkt_tag_type = _f("pktTagType", "vxlan", _one_of("vxlan", "vlan"))
-    pkt_tag = _f("pktTag", 0, _int_in(0, MAX_VLAN))
-    ext_pkt_tag = _f("extPktTag", 0, _int_in(0, MAX_VNI))
-    subnet_ip = _f("subnetIP", check=_ipv4_or_empty)
-    subnet_len = _f("subnetLen", check=_int_in(0, 30))
-    gateway = _f("gateway", "", _ipv4_or_empty)
-    ip_addr_range = _f("ipAddrRange", "", _string)
-    ep_addr_count = _f("epAddrCount", 0, _int_in(0, 2 ** 32))
-    ep_count = _f("epCount", 0, _int_in(0, 2 ** 32))
-    ip_alloc_map = _f("ipAllocMap", EMPTY_BITSET, _string)
-    ipv6_subnet_ip = _f("ipv6SubnetIP", "", _string)
-    ipv6_subnet_len = _f("ipv6SubnetLen", 0, _int_in(0, 128))
-    ipv6_gateway = _f("ipv6Gateway", "", _string)
-    ipv6_alloc_map = _f("ipv6AllocMap", None)
-    ipv6_last_host = _f("ipv6LastHost", "", _string)
-    network_tag = _f("networkTag", "", _string)
+    tenant: str = attr.ib(default=DEFAULT_TENANT, validator=_v(check_name),
+                          metadata={"json": "tenant"})
+    network_name: str = attr.ib(validator=_v(check_name),
+                                metadata={"json": "networkName"})
+    nw_type: str = attr.ib(default="data",
+                           validator=_v(_one_of("data", "infra")),
+                           metadata={"json": "nwType"})
+    pkt_tag_type: str = attr.ib(default="vxlan",
+                                validator=_v(_one_of("vxlan", "vlan")),
+                                metadata={"json": "pktTagType"})
+    pkt_tag: int = attr.ib(default=0, validator=_v(_int_in(0, MAX_VLAN)),
+                           metadata={"json": "pktTag"})
+    ext_pkt_tag: int = attr.ib(default=0, validator=_v(_int_in(0, MAX_VNI)),
+                               metadata={"json": "extPktTag"})
+    subnet_ip: str = attr.ib(validator=_v(_ipv4_or_empty),
+                             metadata={"json": "subnetIP"})
+    subnet_len: int = attr.ib(validator=_v(_int_in(0, 30)),
+                              metadata={"json": "subnetLen"})
+    gateway: str = attr.ib(default="", validator=_v(_ipv4_or_empty),
+                           metadata={"json": "gateway"})
+    ip_addr_range: str = attr.ib(default="", validator=_v(_string),
+                                 metadata={"json": "ipAddrRange"})
+    ep_addr_count: int = attr.ib(default=0, validator=_v(_int_in(0, 2 ** 32)),
+                                 metadata={"json": "epAddrCount"})
+    ep_count: int = attr.ib(default=0, validator=_v(_int_in(0, 2 ** 32)),
+                            metadata={"json": "epCount"})
+    ip_alloc_map: str = attr.ib(default=EMPTY_BITSET, validator=_v(_string),
+                                metadata={"json": "ipAllocMap"})
+    ipv6_subnet_ip: str = attr.ib(default="", validator=_v(_string),
+                                  metadata={"json": "ipv6SubnetIP"})
+    ipv6_subnet_len: int = attr.ib(default=0, validator=_v(_int_in(0, 128)),
+                                   metadata={"json": "ipv6SubnetLen"})
+    ipv6_gateway: str = attr.ib(default="", validator=_v(_string),
+                                metadata={"json": "ipv6Gateway"})
+    ipv6_alloc_map: Any = attr.ib(default=None,
+                                  metadata={"json": "ipv6AllocMap"})
+    ipv6_last_host: str = attr.ib(default="", validator=_v(_string),
+                                  metadata={"json": "ipv6LastHost"})
+    network_tag: str = attr.ib(default="", validator=_v(_string),
+                               metadata={"json": "networkTag"})
 
     def __attrs_post_init__(self) -> None:
         net = parse_subnet("subnetIP", f"{self.subnet_ip}/{self.subnet_len}")
@@ -394,20 +426,37 @@ def group_id(name: str, tenant: str = DEFAULT_TENANT) -> str:
 class EndpointGroup(Model):
     """An endpoint group (EndpointGroupState) of one network."""
 
-    group_name = _f("groupName", check=check_name)
-    tenant_name = _f("tenantName", DEFAULT_TENANT, check_name)
-    network_name = _f("networkName", check=check_name)
-    endpoint_group_id = _f("endpointGroupId", check=_int_in(1, 65535))
-    pkt_tag_type = _f("pktTagType", "vxlan", _one_of("vxlan", "vlan"))
-    pkt_tag = _f("pktTag", 0, _int_in(0, MAX_VLAN))
-    ext_pkt_tag = _f("extPktTag", 0, _int_in(0, MAX_VNI))
-    ep_count = _f("epCount", 0, _int_in(0, 2 ** 32))
-    dscp = _f("DSCP", 0, _int_in(0, 63))
-    bandwidth = _f("Bandwidth", "", _string)
-    burst = _f("Burst", 0, _int_in(0, 2 ** 32))
-    ip_pool = _f("IPPool", "", _string)
-    epg_ip_alloc_map = _f("epgIpAllocMap", EMPTY_BITSET, _string)
-    group_tag = _f("groupTag", "", _string)
+    group_name: str = attr.ib(validator=_v(check_name),
+                              metadata={"json": "groupName"})
+    tenant_name: str = attr.ib(default=DEFAULT_TENANT,
+                               validator=_v(check_name),
+                               metadata={"json": "tenantName"})
+    network_name: str = attr.ib(validator=_v(check_name),
+                                metadata={"json": "networkName"})
+    endpoint_group_id: int = attr.ib(validator=_v(_int_in(1, 65535)),
+                                     metadata={"json": "endpointGroupId"})
+    pkt_tag_type: str = attr.ib(default="vxlan",
+                                validator=_v(_one_of("vxlan", "vlan")),
+                                metadata={"json": "pktTagType"})
+    pkt_tag: int = attr.ib(default=0, validator=_v(_int_in(0, MAX_VLAN)),
+                           metadata={"json": "pktTag"})
+    ext_pkt_tag: int = attr.ib(default=0, validator=_v(_int_in(0, MAX_VNI)),
+                               metadata={"json": "extPktTag"})
+    ep_count: int = attr.ib(default=0, validator=_v(_int_in(0, 2 ** 32)),
+                            metadata={"json": "epCount"})
+    dscp: int = attr.ib(default=0, validator=_v(_int_in(0, 63)),
+                        metadata={"json": "DSCP"})
+    bandwidth: str = attr.ib(default="", validator=_v(_string),
+                             metadata={"json": "Bandwidth"})
+    burst: int = attr.ib(default=0, validator=_v(_int_in(0, 2 ** 32)),
+                         metadata={"json": "Burst"})
+    ip_pool: str = attr.ib(default="", validator=_v(_string),
+                           metadata={"json": "IPPool"})
+    epg_ip_alloc_map: str = attr.ib(default=EMPTY_BITSET,
+                                    validator=_v(_string),
+                                    metadata={"json": "epgIpAllocMap"})
+    group_tag: str = attr.ib(default="", validator=_v(_string),
+                             metadata={"json": "groupTag"})
 
     @property
     def id(self) -> str:
@@ -432,20 +481,35 @@ def mac_for(ip: str) -> str:
 class Endpoint(Model):
     """The config of one endpoint (CfgEndpointState)."""
 
-    net_id = _f("netID", check=_string)
-    endpoint_id = _f("endpointID", check=_string)
-    service_name = _f("serviceName", "", _string)
-    endpoint_group_id = _f("endpointGroupId", 0, _int_in(0, 65535))
-    endpoint_group_key = _f("endpointGroupKey", "", _string)
-    ip_address = _f("ipAddress", "", _ipv4_or_empty)
-    ipv6_address = _f("ipv6Address", "", _string)
-    mac_address = _f("macAddress", "", _mac_or_empty)
-    homing_host = _f("homingHost", "", _string)
-    intf_name = _f("intfName", "", _string)
-    vtep_ip = _f("vtepIP", "", _ipv4_or_empty)
-    labels = _f("labels", attr.Factory(dict), converter=_mapping)
-    container_id = _f("containerId", "", _string)
-    ep_common_name = _f("epCommonName", "", _string)
+    net_id: str = attr.ib(validator=_v(_string), metadata={"json": "netID"})
+    endpoint_id: str = attr.ib(validator=_v(_string),
+                               metadata={"json": "endpointID"})
+    service_name: str = attr.ib(default="", validator=_v(_string),
+                                metadata={"json": "serviceName"})
+    endpoint_group_id: int = attr.ib(default=0,
+                                     validator=_v(_int_in(0, 65535)),
+                                     metadata={"json": "endpointGroupId"})
+    endpoint_group_key: str = attr.ib(default="", validator=_v(_string),
+                                      metadata={"json": "endpointGroupKey"})
+    ip_address: str = attr.ib(default="", validator=_v(_ipv4_or_empty),
+                              metadata={"json": "ipAddress"})
+    ipv6_address: str = attr.ib(default="", validator=_v(_string),
+                                metadata={"json": "ipv6Address"})
+    mac_address: str = attr.ib(default="", validator=_v(_mac_or_empty),
+                               metadata={"json": "macAddress"})
+    homing_host: str = attr.ib(default="", validator=_v(_string),
+                               metadata={"json": "homingHost"})
+    intf_name: str = attr.ib(default="", validator=_v(_string),
+                             metadata={"json": "intfName"})
+    vtep_ip: str = attr.ib(default="", validator=_v(_ipv4_or_empty),
+                           metadata={"json": "vtepIP"})
+    labels: dict[str, Any] = attr.ib(default=attr.Factory(dict),
+                                     converter=_mapping,
+                                     metadata={"json": "labels"})
+    container_id: str = attr.ib(default="", validator=_v(_string),
+                                metadata={"json": "containerId"})
+    ep_common_name: str = attr.ib(default="", validator=_v(_string),
+                                  metadata={"json": "epCommonName"})
 
     def __attrs_post_init__(self) -> None:
         if not self.endpoint_id or "/" in self.endpoint_id:
@@ -465,17 +529,27 @@ class Endpoint(Model):
 class OperEndpoint(Model):
     """What an agent did for one local endpoint (OperEndpointState)."""
 
-    net_id = _f("netID", check=_string)
-    endpoint_id = _f("endpointID", check=_string)
-    service_name = _f("serviceName", "", _string)
-    cont_uuid = _f("contUUID", "", _string)
-    ip_address = _f("ipAddress", "", _ipv4_or_empty)
-    ipv6_address = _f("ipv6Address", "", _string)
-    mac_address = _f("macAddress", "", _mac_or_empty)
-    homing_host = _f("homingHost", "", _string)
-    intf_name = _f("intfName", "", _string)
-    port_name = _f("portName", "", _string)
-    vtep_ip = _f("vtepIP", "", _ipv4_or_empty)
+    net_id: str = attr.ib(validator=_v(_string), metadata={"json": "netID"})
+    endpoint_id: str = attr.ib(validator=_v(_string),
+                               metadata={"json": "endpointID"})
+    service_name: str = attr.ib(default="", validator=_v(_string),
+                                metadata={"json": "serviceName"})
+    cont_uuid: str = attr.ib(default="", validator=_v(_string),
+                             metadata={"json": "contUUID"})
+    ip_address: str = attr.ib(default="", validator=_v(_ipv4_or_empty),
+                              metadata={"json": "ipAddress"})
+    ipv6_address: str = attr.ib(default="", validator=_v(_string),
+                                metadata={"json": "ipv6Address"})
+    mac_address: str = attr.ib(default="", validator=_v(_mac_or_empty),
+                               metadata={"json": "macAddress"})
+    homing_host: str = attr.ib(default="", validator=_v(_string),
+                               metadata={"json": "homingHost"})
+    intf_name: str = attr.ib(default="", validator=_v(_string),
+                             metadata={"json": "intfName"})
+    port_name: str = attr.ib(default="", validator=_v(_string),
+                             metadata={"json": "portName"})
+    vtep_ip: str = attr.ib(default="", validator=_v(_ipv4_or_empty),
+                           metadata={"json": "vtepIP"})
 
     @property
     def id(self) -> str:
@@ -500,13 +574,24 @@ def _ports(field: str, value: Any) -> None:
 class ServiceLB(Model):
     """A load-balanced service (CfgServiceLBState)."""
 
-    service_name = _f("servicename", check=check_name)
-    tenant_name = _f("tenantname", DEFAULT_TENANT, check_name)
-    network = _f("subnet", check=check_name)
-    ports = _f("ports", (), _ports, converter=_strings)
-    selectors = _f("selectors", attr.Factory(dict), converter=_mapping)
-    ip_address = _f("ipaddress", "", _ipv4_or_empty)
-    providers = _f("providers", attr.Factory(dict), converter=_mapping)
+    service_name: str = attr.ib(validator=_v(check_name),
+                                metadata={"json": "servicename"})
+    tenant_name: str = attr.ib(default=DEFAULT_TENANT,
+                               validator=_v(check_name),
+                               metadata={"json": "tenantname"})
+    network: str = attr.ib(validator=_v(check_name),
+                           metadata={"json": "subnet"})
+    ports: tuple[str, ...] = attr.ib(default=(), validator=_v(_ports),
+                                     converter=_strings,
+                                     metadata={"json": "ports"})
+    selectors: dict[str, Any] = attr.ib(default=attr.Factory(dict),
+                                        converter=_mapping,
+                                        metadata={"json": "selectors"})
+    ip_address: str = attr.ib(default="", validator=_v(_ipv4_or_empty),
+                              metadata={"json": "ipaddress"})
+    providers: dict[str, Any] = attr.ib(default=attr.Factory(dict),
+                                        converter=_mapping,
+                                        metadata={"json": "providers"})
 
     @property
     def id(self) -> str:
@@ -521,8 +606,10 @@ class ServiceLB(Model):
 class Provider(Model):
     """The provider addresses of one service (SvcProvider)."""
 
-    service_name = _f("ServiceName", check=_string)
-    providers = _f("Providers", (), converter=_strings)
+    service_name: str = attr.ib(validator=_v(_string),
+                                metadata={"json": "ServiceName"})
+    providers: tuple[str, ...] = attr.ib(default=(), converter=_strings,
+                                         metadata={"json": "Providers"})
 
     def __attrs_post_init__(self) -> None:
         for ip in self.providers:
@@ -555,11 +642,15 @@ def _cidr_host(field: str, value: Any) -> None:
 class Bgp(Model):
     """A host's BGP peering (CfgBgpState)."""
 
-    hostname = _f("hostname", check=check_name)
-    router_ip = _f("router-ip", check=_cidr_host)
-    as_number = _f("as", check=_string)
-    neighbor_as = _f("neighbor-as", check=_string)
-    neighbor = _f("neighbor", check=_ipv4_or_empty)
+    hostname: str = attr.ib(validator=_v(check_name),
+                            metadata={"json": "hostname"})
+    router_ip: str = attr.ib(validator=_v(_cidr_host),
+                             metadata={"json": "router-ip"})
+    as_number: str = attr.ib(validator=_v(_string), metadata={"json": "as"})
+    neighbor_as: str = attr.ib(validator=_v(_string),
+                               metadata={"json": "neighbor-as"})
+    neighbor: str = attr.ib(validator=_v(_ipv4_or_empty),
+                            metadata={"json": "neighbor"})
 
     @property
     def id(self) -> str:
@@ -574,17 +665,30 @@ class Bgp(Model):
 class PolicyRule(Model):
     """One rule of a policy (CfgPolicyRule); its C{"id"} is empty."""
 
-    rule_id = _f("RuleId", check=_string)
-    priority = _f("Priority", 0, _int_in(0, 65535))
-    src_endpoint_group = _f("SrcEndpointGroup", 0, _int_in(0, 65535))
-    dst_endpoint_group = _f("DstEndpointGroup", 0, _int_in(0, 65535))
-    src_ip_addr = _f("SrcIpAddr", "", _string)
-    dst_ip_addr = _f("DstIpAddr", "", _string)
-    ip_protocol = _f("IpProtocol", 0, _int_in(0, 255))
-    src_port = _f("SrcPort", 0, _int_in(0, 65535))
-    dst_port = _f("DstPort", 0, _int_in(0, 65535))
-    tcp_flags = _f("TcpFlags", "", _string)
-    action = _f("Action", "allow", _one_of("allow", "deny"))
+    rule_id: str = attr.ib(validator=_v(_string), metadata={"json": "RuleId"})
+    priority: int = attr.ib(default=0, validator=_v(_int_in(0, 65535)),
+                            metadata={"json": "Priority"})
+    src_endpoint_group: int = attr.ib(default=0,
+                                      validator=_v(_int_in(0, 65535)),
+                                      metadata={"json": "SrcEndpointGroup"})
+    dst_endpoint_group: int = attr.ib(default=0,
+                                      validator=_v(_int_in(0, 65535)),
+                                      metadata={"json": "DstEndpointGroup"})
+    src_ip_addr: str = attr.ib(default="", validator=_v(_string),
+                               metadata={"json": "SrcIpAddr"})
+    dst_ip_addr: str = attr.ib(default="", validator=_v(_string),
+                               metadata={"json": "DstIpAddr"})
+    ip_protocol: int = attr.ib(default=0, validator=_v(_int_in(0, 255)),
+                               metadata={"json": "IpProtocol"})
+    src_port: int = attr.ib(default=0, validator=_v(_int_in(0, 65535)),
+                            metadata={"json": "SrcPort"})
+    dst_port: int = attr.ib(default=0, validator=_v(_int_in(0, 65535)),
+                            metadata={"json": "DstPort"})
+    tcp_flags: str = attr.ib(default="", validator=_v(_string),
+                             metadata={"json": "TcpFlags"})
+    action: str = attr.ib(default="allow",
+                          validator=_v(_one_of("allow", "deny")),
+                          metadata={"json": "Action"})
 
     def json_id(self) -> str:
         return ""
@@ -604,13 +708,20 @@ class ServiceInfo(Model):
 
     has_id = False
 
-    service_name = _f("ServiceName", check=_string)
-    role = _f("Role", "", _string)
-    version = _f("Version", "", _string)
-    ttl = _f("TTL", 10, _int_in(1, 3600))
-    host_addr = _f("HostAddr", check=_ipv4_or_empty)
-    port = _f("Port", check=_int_in(0, 65535))
-    hostname = _f("Hostname", "", _string)
+    service_name: str = attr.ib(validator=_v(_string),
+                                metadata={"json": "ServiceName"})
+    role: str = attr.ib(default="", validator=_v(_string),
+                        metadata={"json": "Role"})
+    version: str = attr.ib(default="", validator=_v(_string),
+                           metadata={"json": "Version"})
+    ttl: int = attr.ib(default=10, validator=_v(_int_in(1, 3600)),
+                       metadata={"json": "TTL"})
+    host_addr: str = attr.ib(validator=_v(_ipv4_or_empty),
+                             metadata={"json": "HostAddr"})
+    port: int = attr.ib(validator=_v(_int_in(0, 65535)),
+                        metadata={"json": "Port"})
+    hostname: str = attr.ib(default="", validator=_v(_string),
+                            metadata={"json": "Hostname"})
 
     @property
     def id(self) -> str:
