@@ -216,13 +216,14 @@ def allocate_tag(store: Store, pool: str, owner: str,
                         f"{pool} {tag} is used by {used[tag]}; choose "
                         "another or leave it out to have one allocated")
             else:
-                tag = next(_free(ranges, used), None)
-                if tag is None:
+                free = next(_free(ranges, used), None)
+                if free is None:
                     spans = ",".join(f"{a}-{b}" for a, b in ranges)
                     raise PoolExhausted(
                         f"no free {pool} in {spans}: all are used; widen "
                         "the range (contivctl global set) or remove "
                         "networks")
+                tag = free
             used[tag] = owner
             value = json.dumps({str(t): o for t, o in sorted(used.items())})
             try:

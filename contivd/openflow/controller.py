@@ -310,8 +310,14 @@ class OpenFlowController(Factory):
         for connection in list(self.connections):
             connection.close()
 
+    def _switch_of(self, connection: OpenFlowProtocol) -> Switch | None:
+        """The bridge C{connection} is for, if its datapath id is ours."""
+        if connection.datapath_id is None:
+            return None
+        return self._by_dpid.get(connection.datapath_id)
+
     def _up(self, connection: OpenFlowProtocol) -> None:
-        switch = self._by_dpid.get(connection.datapath_id)
+        switch = self._switch_of(connection)
         if switch is None:
             self.log.error(
                 "a switch with datapath id {dpid:016x} connected; it is "
@@ -323,12 +329,12 @@ class OpenFlowController(Factory):
 
     def _down(self, connection: OpenFlowProtocol) -> None:
         self.connections.discard(connection)
-        switch = self._by_dpid.get(connection.datapath_id)
+        switch = self._switch_of(connection)
         if switch is not None:
             switch.detach(connection)
 
     def _packet_in(self, connection: OpenFlowProtocol, msg: Any) -> None:
-        switch = self._by_dpid.get(connection.datapath_id)
+        switch = self._switch_of(connection)
         if switch is not None and switch.connection is connection:
             switch.packet_in(msg)
 

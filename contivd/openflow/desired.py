@@ -31,6 +31,10 @@ def _ipv4(_instance: object, attribute: attr.Attribute, value: str) -> None:
             attribute.name, f"{value!r} is not an IPv4 address") from None
 
 
+def _lower(value: str) -> str:
+    return str.lower(value)
+
+
 def _within(low: int, high: int):
     def check(_instance: object, attribute: attr.Attribute,
               value: int) -> None:
@@ -57,7 +61,7 @@ class LocalEndpoint:
     id: str
     network_id: str
     ofport: int = attr.ib(validator=_within(1, 0xFFFFFF00))
-    mac: str = attr.ib(converter=str.lower, validator=_mac)
+    mac: str = attr.ib(converter=_lower, validator=_mac)
     ip: str = attr.ib(validator=_ipv4)
 
 
@@ -67,7 +71,7 @@ class RemoteEndpoint:
 
     id: str
     network_id: str
-    mac: str = attr.ib(converter=str.lower, validator=_mac)
+    mac: str = attr.ib(converter=_lower, validator=_mac)
     ip: str = attr.ib(validator=_ipv4)
     vtep_ip: str = attr.ib(validator=_ipv4)
 

@@ -89,12 +89,16 @@ def is_our_group(group_id: int) -> bool:
     return group_id & GROUP_MASK == GROUP_BASE
 
 
+def _read_only(groups: Mapping[int, Group]) -> Mapping[int, Group]:
+    return MappingProxyType(groups)
+
+
 @attr.s(frozen=True, slots=True, auto_attribs=True)
 class Rendering:
     """The flows and the groups (by id) that a bridge should carry."""
 
     flows: frozenset[Flow]
-    groups: Mapping[int, Group] = attr.ib(converter=MappingProxyType)
+    groups: Mapping[int, Group] = attr.ib(converter=_read_only)
 
 
 def render(state: DesiredState) -> Rendering:
@@ -108,14 +112,14 @@ def render(state: DesiredState) -> Rendering:
         for tunnel in state.tunnels.values():
             flows.update(tunnel_flows(tunnel, network))
     for endpoint in state.local_endpoints.values():
-        network = state.networks.get(endpoint.network_id)
-        if network is not None:
-            flows.update(local_endpoint_flows(endpoint, network))
+        home = state.networks.get(endpoint.network_id)
+        if home is not None:
+            flows.update(local_endpoint_flows(endpoint, home))
     for remote in state.remote_endpoints.values():
-        network = state.networks.get(remote.network_id)
-        tunnel = state.tunnels.get(remote.vtep_ip)
-        if network is not None and tunnel is not None:
-            flows.update(remote_endpoint_flows(remote, network, tunnel))
+        home = state.networks.get(remote.network_id)
+        via = state.tunnels.get(remote.vtep_ip)
+        if home is not None and via is not None:
+            flows.update(remote_endpoint_flows(remote, home, via))
     return Rendering(frozenset(flows), groups)
 
 
