@@ -14,7 +14,7 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 from twisted.internet import defer, error, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -122,7 +122,7 @@ def hello_versions(frame: bytes) -> set[int]:
         if length < 4:
             break
         if kind == ofp.OFPHET_VERSIONBITMAP:
-            versions = set()
+            versions: set[int] = set()
             for i in range((length - 4) // 4):
                 (word,) = struct.unpack_from("!I", frame, offset + 4 + 4 * i)
                 versions.update(32 * i + bit for bit in range(32)
@@ -132,6 +132,9 @@ def hello_versions(frame: bytes) -> set[int]:
     return set(range(1, frame[0] + 1))
 
 
+#: Why a connection ended: Twisted passes a Failure, callers may pass
+#: an exception or its class.
+_Reason = Failure | BaseException | type[BaseException]
 ConnectionHook = Callable[["OpenFlowProtocol"], None]
 PacketInHook = Callable[["OpenFlowProtocol", Any], None]
 
@@ -144,6 +147,9 @@ class OpenFlowProtocol(Protocol):
     """
 
     log = Logger()
+    #: Set by C{makeConnection}; switches connect over TCP (or a Unix
+    #: socket, which can be aborted the same way).
+    transport: ITCPTransport | None
 
     def __init__(self, clock: IReactorTime, echo_interval: float = 5.0,
                  liveness_timeout: float = 15.0,
@@ -175,15 +181,16 @@ class OpenFlowProtocol(Protocol):
     def connectionMade(self) -> None:
         self.state = "hello"
         self._last_heard = self.clock.seconds()
+        transport = self._connected()
         self.log.info("switch connected from {peer}",
-                      peer=str(self.transport.getPeer()))
-        self.transport.write(encode_hello(self._xid()))
+                      peer=str(transport.getPeer()))
+        transport.write(encode_hello(self._xid()))
         self.counters.sent += 1
         self._ticker = task.LoopingCall(self._tick)
         self._ticker.clock = self.clock
         self._ticker.start(self.echo_interval, now=False)
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:
+    def connectionLost(self, reason: _Reason = error.ConnectionDone) -> None:
         self.state = "closed"
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
@@ -222,7 +229,7 @@ class OpenFlowProtocol(Protocol):
         if msg.xid is None:
             msg.set_xid(self._xid())
         msg.serialize()
-        self.transport.write(bytes(msg.buf))
+        self._connected().write(bytes(msg.buf))
         self.counters.sent += 1
         return msg.xid
 
@@ -300,6 +307,11 @@ class OpenFlowProtocol(Protocol):
             return "(handshake)"
         return f"{self.datapath_id:016x}"
 
+    def _connected(self) -> ITCPTransport:
+        """The transport, which C{makeConnection} set before any I/O."""
+        assert self.transport is not None, "the switch is not connected"
+        return self.transport
+
     def _drop(self) -> None:
         if self.transport is not None and self.state != "closed":
             self.transport.abortConnection()
@@ -352,12 +364,13 @@ class OpenFlowProtocol(Protocol):
                 "(wire 4); refusing it (set protocols=OpenFlow13 on the "
                 "bridge)", versions=sorted(offered))
             reason = b"contivd speaks OpenFlow 1.3 only"
-            self.transport.write(HEADER.pack(
+            transport = self._connected()
+            transport.write(HEADER.pack(
                 OF13, ofp.OFPT_ERROR, HEADER.size + 4 + len(reason),
                 self._xid()) + struct.pack(
                     "!HH", ofp.OFPET_HELLO_FAILED, ofp.OFPHFC_INCOMPATIBLE)
                 + reason)
-            self.transport.loseConnection()
+            transport.loseConnection()
             self.state = "refused"
             return
         self.state = "features"
