@@ -15,7 +15,11 @@ from urllib.parse import urlsplit
 import etcd
 import urllib3
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorThreads,
+    IReactorTime,
+)
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -143,6 +147,7 @@ class EtcdStore(Store):
         self.urls = tuple(urls)
         self.clock: IReactorTime = reactor
         self._reactor: IReactorThreads = reactor
+        self._core: IReactorCore = reactor
         self.timeout = timeout
         self.give_up_after = give_up_after
         self.observer = observer
@@ -155,7 +160,7 @@ class EtcdStore(Store):
         self._calls.start()
         self._watches.start()
         self._closed = False
-        self._shutdown = reactor.addSystemEventTrigger(
+        self._shutdown = self._core.addSystemEventTrigger(
             "during", "shutdown", self.close)
 
     def close(self) -> Deferred[None]:
@@ -164,7 +169,7 @@ class EtcdStore(Store):
             return succeed(None)
         self._closed = True
         try:
-            self._reactor.removeSystemEventTrigger(self._shutdown)
+            self._core.removeSystemEventTrigger(self._shutdown)
         except ValueError:
             pass
         self._calls.stop()
@@ -207,7 +212,7 @@ class EtcdStore(Store):
         return deferToThreadPool(self._reactor, pool, run).addErrback(failed)
 
     def _call(self, call: Callable[[etcd.Client], Any],
-              retried: Callable[[BaseException], Any] | None = None,
+              retried: Callable[[Exception], Any] | None = None,
               what: str = "") -> Deferred:
         return Deferred.fromCoroutine(self._with_retries(
             call, retried, what, self._calls, self._clients))
@@ -286,7 +291,7 @@ class EtcdStore(Store):
 
     def _same_after_retry(self, key: str, value: str | None):
         """After a retried write: success if the key holds C{value}."""
-        def check(error: BaseException) -> Any:
+        def check(error: Exception) -> Any:
             try:
                 result = self._clients[self._current].read(key)
             except Exception:
@@ -319,7 +324,7 @@ class EtcdStore(Store):
     def compare_delete(self, key: str, prev_value: str) -> Deferred[Node]:
         key = normalize(key)
 
-        def gone(error: BaseException) -> Node:
+        def gone(error: Exception) -> Node:
             if isinstance(error, etcd.EtcdKeyNotFound):
                 return Node(key=key, value=prev_value, modified_index=0)
             raise self._translate(error, f"delete {key}")

@@ -64,7 +64,7 @@ class MemoryStore(Store):
             maxlen=history)
         self._waiters: list[tuple[str, int, Deferred]] = []
         self._available = True
-        self._queued: list[Callable[[], None]] = []
+        self._queued: list[Callable[[], object]] = []
 
     def set_available(self, available: bool) -> None:
         """Make calls wait (C{False}) or run them, queued ones first."""
