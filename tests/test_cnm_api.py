@@ -52,10 +52,10 @@ class FakeOVSDB:
     def plug_endpoint(self, bridge, endpoint_id, mac=None, mtu=None,
                       tag=None, tx_checksum_off=False, timeout=None):
         self.plugs += 1
-        if self.fail_plug:
-            return fail(RuntimeError("ovs-vswitchd said no"))
         ovs_name, container_name = port_names(endpoint_id)
         self.ports[endpoint_id] = (bridge, mac, tx_checksum_off)
+        if self.fail_plug:
+            return fail(RuntimeError("ovs-vswitchd said no"))
         return succeed(PluggedEndpoint(
             endpoint_id=endpoint_id, ofport=len(self.ports),
             ovs_name=ovs_name, container_name=container_name))
@@ -384,7 +384,10 @@ class EndpointTests(PluginTestCase):
         self.assertEqual(self.ovsdb.ports[ep_id][1], "02:aa:bb:cc:dd:ee")
 
     def test_plug_failure_undoes_claim(self):
-        """When the port cannot be made, the address claim is undone."""
+        """
+        When the port cannot be made, what the plug left is removed and
+        the address claim is undone.
+        """
         self.ovsdb.fail_plug = True
         code, addr = self.post("IpamDriver.RequestAddress",
                                {"PoolID": self.pool_id})
@@ -397,6 +400,7 @@ class EndpointTests(PluginTestCase):
         self.assertEqual(self.successResultOf(ipam.allocated_addresses(
             self.store, "web.default")), {"10.9.1.1": reservation(HOST)})
         self.assertEqual(self.keys(OPER_ENDPOINTS), {})
+        self.assertEqual(self.ovsdb.ports, {})
 
     def test_store_failure_undoes_port(self):
         """When etcd refuses the endpoint, the port and claim are undone."""

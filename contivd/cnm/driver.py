@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import attr
 from twisted.internet.defer import Deferred
@@ -186,7 +186,10 @@ def _plain_ip(field: str, value: str) -> str:
                               "(like 10.1.1.2/24)") from None
 
 
-def _run(coroutine: Awaitable[Any]) -> Deferred[Any]:
+_T = TypeVar("_T")
+
+
+def _run(coroutine: Coroutine[Deferred[Any], Any, _T]) -> Deferred[_T]:
     return Deferred.fromCoroutine(coroutine)
 
 
@@ -597,13 +600,25 @@ class Driver:
                     mac: str) -> Callable[[], Awaitable[Any]]:
         client = self._client(f"plug endpoint {ep_id}")
         bridge = self._bridge(network)
-        plugged = await client.plug_endpoint(
-            bridge, ep_id, mac=mac, tx_checksum_off=self.tx_checksum_off)
-        if self._on_plugged is not None:
-            self._on_plugged(ep_id, plugged.ofport)
 
         async def unplug() -> None:
             await client.unplug_endpoint(bridge, ep_id)
+
+        try:
+            plugged = await client.plug_endpoint(
+                bridge, ep_id, mac=mac,
+                tx_checksum_off=self.tx_checksum_off)
+        except BaseException:
+            # A plug that timed out waiting for its OpenFlow port has
+            # left the port row (and perhaps the veth) behind.
+            try:
+                await unplug()
+            except Exception as e:
+                log.warn("could not remove the half-made port of {ep}: "
+                         "{error}", ep=ep_id, error=e)
+            raise
+        if self._on_plugged is not None:
+            self._on_plugged(ep_id, plugged.ofport)
         return unplug
 
     async def _write_endpoint(self, network: Network, ep_id: str, ip: str,
