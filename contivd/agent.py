@@ -101,6 +101,16 @@ class Agent:
         add(OpenFlowComponent(self, self.controller))
         add(Sync(self, self.view))
         add(Reaper(self))
+        if self.config.plugin_mode == "docker":
+            from contivd.cnm.component import DockerNetworks, DockerPlugin
+            from contivd.metrics import timed_docker_calls
+
+            plugin = DockerPlugin(self)
+            timed = timed_docker_calls(self, plugin.app.dispatch,
+                                       self.reactor)
+            plugin.app.dispatch = timed  # type: ignore[method-assign]
+            add(plugin)
+            add(DockerNetworks(self))
         add(StatusServer(self))
 
     def reinit_datapath(self, reason: str) -> None:
