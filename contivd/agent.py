@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from contivd.cluster import Peer
 from contivd.options import AgentConfig
 from contivd.store.base import Store
-from contivd.supervisor import Component, Supervisor
+from contivd.supervisor import RUNNING, Component, Supervisor
 from contivd.view import ClusterView, ObservedSet
 
 
@@ -76,6 +76,18 @@ class Agent:
     def component(self, name: str) -> Optional[Component]:
         """The component called C{name}, if the agent has one."""
         return self.supervisor.components.get(name)
+
+    async def wait_for(self, waiter: Component, *names: str,
+                       why: str = "") -> None:
+        """
+        Return once each of the components C{names} that the agent has
+        runs, C{waiter} saying meanwhile which one it waits for.
+        """
+        for name in names:
+            other = self.component(name)
+            if other is not None and other.state.status != RUNNING:
+                waiter.waiting_for(f"the {name} component{why}")
+                await other.state.when_running()
 
     def build(self) -> None:
         """Add the components, in the design's start order."""

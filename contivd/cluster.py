@@ -212,10 +212,7 @@ class Cluster(Component):
         self.discovery: Optional[PeerDiscovery] = None
 
     async def _start(self) -> None:
-        globals_ = self.agent.component("globals")
-        if globals_ is not None:
-            self.waiting_for("the global config (globals)")
-            await globals_.state.when_running()
+        await self.agent.wait_for(self, "globals")
         store = self.agent.store
         peers = self.agent.peers
         self.discovery = PeerDiscovery(store, self.agent.config.vtep_ip,

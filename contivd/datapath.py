@@ -49,10 +49,7 @@ class OVSDBComponent(Component):
 
     async def _start(self) -> None:
         config = self.agent.config
-        globals_ = self.agent.component("globals")
-        if globals_ is not None:
-            self.waiting_for("the global config (globals)")
-            await globals_.state.when_running()
+        await self.agent.wait_for(self, "globals")
         client = OVSDB(self.agent.reactor, config.ovsdb)
         self.client = client
         self.waiting_for(f"OVSDB at {config.ovsdb}")
@@ -78,11 +75,8 @@ class OVSDBComponent(Component):
         that belong to no endpoint or peer, and reclaim the local
         endpoints whose port or veth is gone.
         """
-        for needed in ("sync", "cluster"):
-            component = self.agent.component(needed)
-            if component is not None:
-                self.waiting_for(f"{needed}, to know which ports to keep")
-                await component.state.when_running()
+        await self.agent.wait_for(self, "sync", "cluster",
+                                  why=", to know which ports to keep")
         local = {ep_id: ep for ep_id, ep in
                  self.agent.view.kind("endpoints").items()
                  if ep.homing_host == self.agent.config.host_label}

@@ -58,11 +58,7 @@ class Reaper(Component):
         self.reclaimed: dict[str, int] = {}
 
     async def _start(self) -> None:
-        for needed in ("sync", "cluster"):
-            component = self.agent.component(needed)
-            if component is not None:
-                self.waiting_for(needed)
-                await component.state.when_running()
+        await self.agent.wait_for(self, "sync", "cluster")
         self.agent.peers.observe(self._peer_back, self._peer_gone)
         for host in self._dead_hosts():
             self._schedule(host)

@@ -133,11 +133,7 @@ class Sync(Component):
         self._watcher: Watcher | None = None
 
     async def _start(self) -> None:
-        for needed in ("store", "globals"):
-            component = self.agent.component(needed)
-            if component is not None:
-                self.waiting_for(needed)
-                await component.state.when_running()
+        await self.agent.wait_for(self, "store", "globals")
         self.waiting_for(f"a read of {model.STATE}")
         listing = await self.agent.store.list(model.STATE)
         self.restore(listing)
