@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attr
 from klein import Klein
@@ -244,8 +244,15 @@ def status_of(failure: Failure) -> int:
     return 500
 
 
+class _Request(Protocol):
+    """A request type: built from a call's body by C{parse}."""
+
+    @classmethod
+    def parse(cls, f: Fields) -> Any: ...
+
+
 #: Every call: (protocol, request type, name of the DriverAPI method).
-CALLS: dict[str, tuple[str, type, str]] = {
+CALLS: dict[str, tuple[str, type[_Request], str]] = {
     "Plugin.Activate": ("", Empty, "activate"),
     "Plugin.Deactivate": ("", Empty, "deactivate"),
     "NetworkDriver.GetCapabilities": (NETWORK, Empty, "capabilities"),
@@ -325,9 +332,8 @@ class DriverAPI:
     def create_endpoint(self, r: CreateEndpointRequest) -> Deferred[dict]:
         d = self.driver.create_endpoint(r.network_id, r.endpoint_id,
                                         r.address, r.mac)
-        d.addCallback(lambda mac: {"Interface": {"MacAddress": mac}}
-                      if mac else {})
-        return d
+        return d.addCallback(lambda mac: {"Interface": {"MacAddress": mac}}
+                             if mac else {})
 
     def delete_endpoint(self, r: EndpointRequest) -> Deferred[dict]:
         return _empty(self.driver.delete_endpoint(r.network_id,
@@ -338,29 +344,27 @@ class DriverAPI:
 
     def join(self, r: JoinRequest) -> Deferred[dict]:
         d = self.driver.join(r.network_id, r.endpoint_id)
-        d.addCallback(lambda info: {
+        return d.addCallback(lambda info: {
             "InterfaceName": {"SrcName": info.src_name,
                               "DstPrefix": DST_PREFIX},
             "Gateway": info.gateway,
             "DisableGatewayService": False})
-        return d
 
     def leave(self, r: EndpointRequest) -> Deferred[dict]:
         return _empty(self.driver.leave(r.network_id, r.endpoint_id))
 
     def request_pool(self, r: PoolRequest) -> Deferred[dict]:
         d = self.driver.request_pool(r.pool, r.sub_pool, r.options, r.v6)
-        d.addCallback(lambda pool: {"PoolID": pool.pool_id,
-                                    "Pool": pool.pool, "Data": {}})
-        return d
+        return d.addCallback(lambda pool: {"PoolID": pool.pool_id,
+                                           "Pool": pool.pool, "Data": {}})
 
     def release_pool(self, r: PoolIdRequest) -> Deferred[dict]:
         return _empty(self.driver.release_pool(r.pool_id))
 
     def request_address(self, r: AddressRequest) -> Deferred[dict]:
         d = self.driver.request_address(r.pool_id, r.address, r.options)
-        d.addCallback(lambda address: {"Address": address, "Data": {}})
-        return d
+        return d.addCallback(lambda address: {"Address": address,
+                                              "Data": {}})
 
     def release_address(self, r: ReleaseAddressRequest) -> Deferred[dict]:
         return _empty(self.driver.release_address(r.pool_id, r.address))

@@ -81,11 +81,9 @@ class DockerPlugin(Component):
     def start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
 
-    def _sweep_once(self) -> Deferred[None]:
-        d = self.sweep.sweep()
-        d.addErrback(lambda f: self.log.warn(
+    def _sweep_once(self) -> Deferred[list[str] | None]:
+        return self.sweep.sweep().addErrback(lambda f: self.log.warn(
             "sweeping unused addresses failed: {error}", error=f.value))
-        return d
 
     async def _start(self) -> None:
         ovsdb = self.agent.component("ovsdb")
@@ -113,7 +111,8 @@ class DockerPlugin(Component):
         port, self._port = self._port, None
         if port is None:
             return succeed(None)
-        d = port.stopListening()
+        stopping = port.stopListening()
+        d = succeed(None) if stopping is None else stopping
 
         def removed(_: Any) -> None:
             try:
