@@ -5,8 +5,8 @@ counters and histograms that the store and the Docker front end feed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -116,7 +116,10 @@ def observe_docker_call(target: Any, call: str, seconds: float,
     metrics.docker_call(call, seconds, ok)
 
 
-Dispatch = Callable[[Any, str], Any]
+class Dispatch(Protocol):
+    """A plugin app's C{dispatch}: one call's answer, or a Deferred."""
+
+    def __call__(self, request: Any, call: str) -> Any: ...
 
 
 def timed_docker_calls(target: Any, dispatch: Dispatch,
