@@ -5,12 +5,14 @@ against the in-memory store and against a real etcd.
 
 import atexit
 import itertools
+import subprocess
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from contivd.harness import Harness, skip_reason
 from contivd.store import (
@@ -398,3 +400,19 @@ class EtcdOutageTests(TestCase):
         self.addCleanup(store.close)
         await store.put("/two", "1")
         self.assertEqual((await store.get("/two")).value, "1")
+
+
+class ProcessExitTests(SynchronousTestCase):
+    """An EtcdStore never closed does not keep its process alive."""
+
+    def test_exit_without_close(self):
+        """
+        A process that made an EtcdStore (its pools started, a long poll
+        possibly parked) and never closed it still exits at once.
+        """
+        code = ("from twisted.internet import reactor\n"
+                "from contivd.store.etcd import EtcdStore\n"
+                "EtcdStore(['http://127.0.0.1:9'], reactor)\n")
+        result = subprocess.run([sys.executable, "-c", code], timeout=30,
+                                capture_output=True)
+        self.assertEqual(result.returncode, 0, result.stderr)

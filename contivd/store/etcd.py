@@ -79,6 +79,20 @@ class _Retry(Exception):
         self.cause = cause
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
+class _DaemonPool(ThreadPool):
+    """
+    A thread pool whose threads do not keep the process alive: a thread
+    parked in a long poll must not hold up the exit of a process that
+    never stopped its reactor (a test run, a CLI).
+    """
+
+    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]
+
+
 def _client(url: str, timeout: float, connections: int) -> etcd.Client:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -155,8 +169,8 @@ class EtcdStore(Store):
         self._clients = [_client(u, timeout, max_calls) for u in urls]
         self._watch_clients = [_client(u, timeout, max_watches)
                                for u in urls]
-        self._calls = ThreadPool(1, max_calls, name="etcd-calls")
-        self._watches = ThreadPool(1, max_watches, name="etcd-watches")
+        self._calls = _DaemonPool(1, max_calls, name="etcd-calls")
+        self._watches = _DaemonPool(1, max_watches, name="etcd-watches")
         self._calls.start()
         self._watches.start()
         self._closed = False
