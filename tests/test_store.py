@@ -14,7 +14,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from contivd.harness import Harness, skip_reason
+from contivd.harness import Harness, skip_reason, wait_until
 from contivd.store import (
     CREATE,
     DELETE,
@@ -416,3 +416,33 @@ class ProcessExitTests(SynchronousTestCase):
         result = subprocess.run([sys.executable, "-c", code], timeout=30,
                                 capture_output=True)
         self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_made_before_a_fork(self):
+        """
+        A store made before the process forks (as twistd makes the
+        service, then daemonizes) answers in the forked child.
+        """
+        reason = skip_reason("etcd")
+        if reason:
+            raise self.skipTest(reason)
+        harness = Harness()
+        self.addCleanup(harness.close)
+        etcd = harness.etcd()
+        out = harness.path("answer")
+        code = (
+            "import os, sys\n"
+            "from twisted.internet import reactor\n"
+            "from contivd.store.etcd import EtcdStore\n"
+            "store = EtcdStore([sys.argv[1]], reactor)\n"
+            "if os.fork():\n"
+            "    os._exit(0)\n"
+            "def done(result):\n"
+            "    open(sys.argv[2], 'w').write(type(result).__name__)\n"
+            "    reactor.stop()\n"
+            "store.list('/').addBoth(done)\n"
+            "reactor.callLater(20, reactor.stop)\n"
+            "reactor.run()\n")
+        subprocess.run([sys.executable, "-c", code, etcd.url, out],
+                       timeout=30, check=True)
+        wait_until("the forked child's answer",
+                   lambda: open(out).read() == "Listing", 25)

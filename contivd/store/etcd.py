@@ -169,10 +169,11 @@ class EtcdStore(Store):
         self._clients = [_client(u, timeout, max_calls) for u in urls]
         self._watch_clients = [_client(u, timeout, max_watches)
                                for u in urls]
+        # The pools start with the first call, not here: twistd makes
+        # the service before it forks into the background, and threads
+        # started before the fork are gone in the daemon.
         self._calls = _DaemonPool(1, max_calls, name="etcd-calls")
         self._watches = _DaemonPool(1, max_watches, name="etcd-watches")
-        self._calls.start()
-        self._watches.start()
         self._closed = False
         self._shutdown = self._core.addSystemEventTrigger(
             "during", "shutdown", self.close)
@@ -186,7 +187,10 @@ class EtcdStore(Store):
             self._core.removeSystemEventTrigger(self._shutdown)
         except ValueError:
             pass
-        self._calls.stop()
+        if self._calls.started:
+            self._calls.stop()
+        if not self._watches.started:
+            return succeed(None)
         done: Deferred[None] = Deferred()
         # A watch thread may sit in a long poll for up to its timeout;
         # wait for it off the reactor thread.
@@ -223,6 +227,8 @@ class EtcdStore(Store):
 
         if self._closed:
             raise StoreUnavailable("the etcd store is closed")
+        if not pool.started:
+            pool.start()
         return deferToThreadPool(self._reactor, pool, run).addErrback(failed)
 
     def _call(self, call: Callable[[etcd.Client], Any],
