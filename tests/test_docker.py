@@ -21,6 +21,7 @@ from contivd.constants import VXLAN_BRIDGE
 from contivd.harness import (
     IMAGE,
     Harness,
+    PartFailed,
     free_port,
     run,
     skip_reason,
@@ -58,14 +59,11 @@ agent.supervisor.setServiceParent(application)
 
 def agent_wires_docker() -> bool:
     """Whether C{twistd contivd} itself has the docker component."""
-    from twisted.internet.task import Clock
+    import inspect
 
     from contivd.agent import Agent
-    from contivd.options import AgentConfig
 
-    agent = Agent(AgentConfig(), Clock(), lambda f: None)
-    agent.build()
-    return agent.component("docker") is not None
+    return "DockerPlugin(" in inspect.getsource(Agent.build)
 
 
 class Stack:
@@ -73,14 +71,24 @@ class Stack:
 
     def __init__(self) -> None:
         self.harness = Harness()
-        self.etcd = self.harness.etcd()
-        self.ovs = self.harness.ovs()
-        self.docker = self.harness.dockerd()
-        self.ctl("global", "set", "--fwd-mode", "bridge",
-                 "--pvt-subnet", "172.19.0.0/16")
         self.agent: subprocess.Popen[bytes] | None = None
         self.log = self.harness.path("agent.log")
-        self.start_agent()
+        try:
+            if os.path.exists("/sys/class/net/ovs-netdev"):
+                raise PartFailed(
+                    "another ovs-vswitchd with the userspace datapath "
+                    "holds the tap ovs-netdev in this network namespace, "
+                    "so the test's own cannot make its bridge; stop it")
+            self.etcd = self.harness.etcd()
+            self.ovs = self.harness.ovs()
+            self.docker = self.harness.dockerd()
+            self.ctl("global", "set", "--fwd-mode", "bridge",
+                     "--pvt-subnet", "172.19.0.0/16")
+            self.start_agent()
+        except BaseException:
+            self.stop_agent()
+            self.harness.close()
+            raise
 
     def ctl(self, *args: str) -> str:
         return run([os.path.join(_BIN, "contivctl"), "--etcd",
@@ -148,12 +156,17 @@ class Stack:
                                           VXLAN_BRIDGE).split()
                 if not p.startswith("vxif")]
 
-    def our_veths(self) -> list[str]:
-        out = run(["ip", "-o", "link", "show", "type", "veth"]).stdout
-        names = [line.split(":")[1].strip().split("@")[0]
-                 for line in out.splitlines() if ":" in line]
-        return [n for n in names if len(n) == 14
-                and n.startswith(("vv", "vp"))]
+    def endpoint_ids(self) -> list[str]:
+        """The ids of the endpoints in etcd now."""
+        return [key.rsplit("/", 1)[1] for key in self.endpoint_keys()
+                if key.startswith("/contiv.io/oper/eps/")]
+
+    def veths_of(self, endpoint_ids: list[str]) -> list[str]:
+        """Those of the endpoints' veth ends still on this host."""
+        from contivd.ovsdb import link_exists, port_names
+
+        return [name for ep in endpoint_ids for name in port_names(ep)
+                if link_exists(name)]
 
     def endpoint_keys(self) -> list[str]:
         keys = []
@@ -172,6 +185,7 @@ class Stack:
 
 
 _STACK: list[Stack] = []
+_FAILED: list[str] = []
 
 
 def shared_stack() -> Stack:
@@ -180,8 +194,14 @@ def shared_stack() -> Stack:
     network web mirrored into Docker) and stopped when the process exits,
     since trial has no class fixtures.
     """
+    if _FAILED:
+        raise RuntimeError(f"the stack did not start: {_FAILED[0]}")
     if not _STACK:
-        stack = Stack()
+        try:
+            stack = Stack()
+        except Exception as e:
+            _FAILED.append(str(e))
+            raise
         atexit.register(stack.close)
         _STACK.append(stack)
         stack.ctl("net", "create", "web", "--subnet", "10.9.1.0/24",
@@ -213,11 +233,12 @@ class DockerTests(SynchronousTestCase):
         return self.docker.docker("run", "-d", "--name", name, *args,
                                   IMAGE, "sleep", "600", check=check)
 
-    def assert_clean(self) -> None:
+    def assert_clean(self, endpoint_ids: list[str]) -> None:
+        self.assertTrue(endpoint_ids)
         wait_until("endpoint ports removed",
                    lambda: self.stack.ports() == [], timeout=15)
         self.assertEqual(self.stack.ports(), [])
-        self.assertEqual(self.stack.our_veths(), [])
+        self.assertEqual(self.stack.veths_of(endpoint_ids), [])
         self.assertEqual(self.stack.endpoint_keys(), [])
 
     def test_addresses_and_cleanup(self):
@@ -238,9 +259,10 @@ class DockerTests(SynchronousTestCase):
         ep = json.loads(self.stack.etcd.get(keys[0])["value"])
         self.assertEqual((ep["homingHost"], ep["vtepIP"]),
                          (HOST, "127.0.0.1"))
+        made = self.stack.endpoint_ids()
         self.docker.docker("rm", "-f", "c1", "c2")
         self.names = []
-        self.assert_clean()
+        self.assert_clean(made)
 
     def test_ping_and_tcp(self):
         """One container reaches the other by address: ping and TCP."""
@@ -269,9 +291,11 @@ class DockerTests(SynchronousTestCase):
         addresses = {self.stack.address(n) for n in names}
         self.assertEqual(len(addresses), 20)
         self.assertTrue(all(a.startswith("10.9.1.") for a in addresses))
+        made = self.stack.endpoint_ids()
+        self.assertEqual(len(made), 20)
         self.docker.docker("rm", "-f", *names)
         self.names = []
-        self.assert_clean()
+        self.assert_clean(made)
 
     def test_requested_address(self):
         """
@@ -299,12 +323,13 @@ class DockerTests(SynchronousTestCase):
         self.assertEqual(json.loads(net["value"])["subnetIP"], "10.31.0.0")
         self.run_container("dn1", "--net", "dn")
         self.assertTrue(self.stack.address("dn1").startswith("10.31.0."))
+        made = self.stack.endpoint_ids()
         self.docker.docker("rm", "-f", "dn1")
         self.names = []
         self.docker.docker("network", "rm", "dn")
         self.assertIsNone(
             self.stack.etcd.get("/contiv.io/state/nets/dn.default"))
-        self.assert_clean()
+        self.assert_clean(made)
 
     def test_removed_network_leaves_docker(self):
         """contivctl net rm takes the network out of docker network ls."""

@@ -69,19 +69,22 @@ class DockerPlugin(Component):
         config = agent.config
         renderer = getattr(agent, "renderer", None)
         self.driver = Driver(
-            agent.store, config.host_label, config.vtep_ip,
+            lambda: agent.store, config.host_label, config.vtep_ip,
             lambda: getattr(agent, "ovsdb", None), config.datapath,
             on_plugged=getattr(renderer, "port_up", None))
         self.app = PluginApp(DriverAPI(self.driver), agent.reactor)
         self.path = socket_path(config.docker_plugin_dir)
         self._port: IListeningPort | None = None
-        self.sweep = ReservationSweep(agent.store, config.host_label)
+        self.sweep: ReservationSweep | None = None
         self._sweeping: LoopingCall | None = None
 
     def start(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._start())
 
     def _sweep_once(self) -> Deferred[list[str] | None]:
+        if self.sweep is None:
+            self.sweep = ReservationSweep(self.agent.store,
+                                          self.agent.config.host_label)
         return self.sweep.sweep().addErrback(lambda f: self.log.warn(
             "sweeping unused addresses failed: {error}", error=f.value))
 

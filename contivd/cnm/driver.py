@@ -197,22 +197,32 @@ class Driver:
     """
     The network and IPAM driver of one host.
 
+    @param store: the store, or what gives it when first needed (the
+        agent makes its store on first use).
     @param ovsdb: gives the connected OVSDB client, or L{None} while
         there is none.
     @param on_plugged: told each new local port (endpoint id, OpenFlow
         port), so that flows need not wait for a port scan.
     """
 
-    def __init__(self, store: Store, host: str, vtep_ip: str,
-                 ovsdb: Callable[[], Any], datapath: str = "system",
+    def __init__(self, store: Store | Callable[[], Store], host: str,
+                 vtep_ip: str, ovsdb: Callable[[], Any],
+                 datapath: str = "system",
                  on_plugged: Callable[[str, int], None] | None = None
                  ) -> None:
-        self.store = store
+        self._store = store
         self.host = host
         self.vtep_ip = vtep_ip
         self._ovsdb = ovsdb
         self.tx_checksum_off = datapath == "netdev"
         self._on_plugged = on_plugged
+
+    @property
+    def store(self) -> Store:
+        """The store, or the one the callable given for it gives now."""
+        if isinstance(self._store, Store):
+            return self._store
+        return self._store()
 
     # Lookups.
 
