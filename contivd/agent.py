@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from contivd.cluster import Peer
+from contivd.constants import DATAPATH_IDS, VXLAN_BRIDGE
 from contivd.options import AgentConfig
 from contivd.store.base import Store
 from contivd.supervisor import RUNNING, Component, Supervisor
@@ -103,7 +104,10 @@ class Agent:
         from contivd.status import StatusServer
         from contivd.sync import Sync
 
-        self.controller = OpenFlowController(self.reactor)
+        # Only the VXLAN bridge is made and programmed (see the README's
+        # known limits), so it is the only switch the controller expects.
+        self.controller = OpenFlowController(
+            self.reactor, {VXLAN_BRIDGE: DATAPATH_IDS[VXLAN_BRIDGE]})
         self.renderer = Renderer(self, self.view, self.controller)
         add = self.supervisor.add
         add(StoreConnection(self))
