@@ -12,7 +12,7 @@ import subprocess
 import sys
 import urllib.request
 
-from contivd.harness import Harness, free_port, run, wait_until
+from contivd.harness import Harness, free_port, run, terminate, wait_until
 
 BIN = os.path.dirname(sys.executable)
 
@@ -110,13 +110,7 @@ class Agent:
         self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self.process = None
 
     def log_tail(self, lines: int = 40) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from contivd.harness import (
     free_port,
     run,
     skip_reason,
+    terminate,
     wait_until,
 )
 
@@ -32,38 +32,6 @@ PLUGIN_DIR = "/run/docker/plugins"
 SOCKET = os.path.join(PLUGIN_DIR, SOCKET_NAME)
 HOST = "hostA"
 _BIN = os.path.dirname(sys.executable)
-_SYNC = os.path.join(os.path.dirname(os.path.dirname(__file__)),
-                     "contivd", "sync.py")
-
-#: Runs the agent as twistd does, adding the Docker components when the
-#: agent's own build does not have them yet.
-_TAC = """
-import json, os
-from twisted.application import service
-from twisted.internet import reactor
-from contivd.agent import Agent
-from contivd.options import AgentOptions
-from contivd.service import fatal_stopper
-options = AgentOptions()
-options.parseOptions(json.loads(os.environ["CONTIVD_ARGV"]))
-agent = Agent(options.config, reactor, fatal_stopper(reactor))
-agent.build()
-if agent.component("docker") is None:
-    from contivd.cnm.component import DockerNetworks, DockerPlugin
-    agent.supervisor.add(DockerPlugin(agent))
-    agent.supervisor.add(DockerNetworks(agent))
-application = service.Application("contivd")
-agent.supervisor.setServiceParent(application)
-"""
-
-
-def agent_wires_docker() -> bool:
-    """Whether C{twistd contivd} itself has the docker component."""
-    import inspect
-
-    from contivd.agent import Agent
-
-    return "DockerPlugin(" in inspect.getsource(Agent.build)
 
 
 class Stack:
@@ -108,28 +76,13 @@ class Stack:
         twistd = os.path.join(_BIN, "twistd")
         pidfile = self.harness.path("agent.pid")
         base = [twistd, "-n", "--pidfile", pidfile, "--logfile", self.log]
-        env = dict(os.environ)
-        if agent_wires_docker():
-            argv = base + ["contivd"] + self.agent_argv()
-        else:
-            tac = self.harness.path("agent.tac")
-            with open(tac, "w") as f:
-                f.write(_TAC)
-            env["CONTIVD_ARGV"] = json.dumps(self.agent_argv())
-            argv = base + ["-y", tac]
-        self.agent = subprocess.Popen(argv, env=env,
+        self.agent = subprocess.Popen(base + ["contivd"] + self.agent_argv(),
                                       start_new_session=True)
         wait_until("the plugin socket", lambda: os.path.exists(SOCKET),
                    timeout=60)
 
     def stop_agent(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.send_signal(signal.SIGTERM)
-            try:
-                self.agent.wait(20)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait(5)
+        terminate(self.agent)
         self.agent = None
 
     def close(self) -> None:
@@ -266,8 +219,6 @@ class DockerTests(SynchronousTestCase):
 
     def test_ping_and_tcp(self):
         """One container reaches the other by address: ping and TCP."""
-        if not os.path.exists(_SYNC):
-            raise self.skipTest("needs contivd/sync.py to program flows")
         self.run_container("p1", "--net", "web")
         self.run_container("p2", "--net", "web")
         target = self.stack.address("p2")

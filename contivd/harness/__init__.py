@@ -11,5 +11,6 @@ from contivd.harness.parts import (  # noqa: F401
     free_port,
     run,
     skip_reason,
+    terminate,
     wait_until,
 )

@@ -73,6 +73,19 @@ def run(argv: Sequence[str], netns: str | None = None,
     return result
 
 
+def terminate(process: subprocess.Popen | None,
+              grace: float = 20.0) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL after C{grace} s."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def _kill_pidfile(path: str, sig: int = signal.SIGTERM) -> int | None:
     try:
         with open(path) as f:
@@ -305,12 +318,7 @@ class Dockerd:
             ids = self.docker("ps", "-aq", check=False).stdout.split()
             if ids:
                 self.docker("rm", "-f", *ids, check=False)
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self.process = None
         exec_root = os.path.join(self.directory, "exec")
         subprocess.run(["umount", "-R", exec_root], capture_output=True)
