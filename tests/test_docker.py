@@ -20,7 +20,6 @@ from contivd.constants import VXLAN_BRIDGE
 from contivd.harness import (
     IMAGE,
     Harness,
-    PartFailed,
     free_port,
     run,
     skip_reason,
@@ -42,11 +41,6 @@ class Stack:
         self.agent: subprocess.Popen[bytes] | None = None
         self.log = self.harness.path("agent.log")
         try:
-            if os.path.exists("/sys/class/net/ovs-netdev"):
-                raise PartFailed(
-                    "another ovs-vswitchd with the userspace datapath "
-                    "holds the tap ovs-netdev in this network namespace, "
-                    "so the test's own cannot make its bridge; stop it")
             self.etcd = self.harness.etcd()
             self.ovs = self.harness.ovs()
             self.docker = self.harness.dockerd()

@@ -5,7 +5,7 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from contivd.harness import IMAGE, Harness, skip_reason
+from contivd.harness import IMAGE, Harness, PartFailed, skip_reason
 
 REASON = skip_reason("etcd", "ovsdb-server", "ovs-vswitchd", "dockerd")
 
@@ -51,6 +51,23 @@ class HarnessTests(SynchronousTestCase):
         namespaces = subprocess.run(["ip", "netns", "list"],
                                     capture_output=True, text=True).stdout
         self.assertNotIn(ns.name, namespaces)
+        links = os.listdir("/sys/class/net")
+        self.assertNotIn("b0", links)
+        self.assertNotIn("ovs-netdev", links)
+
+    def test_one_userspace_datapath_a_namespace(self):
+        """
+        A second OVS in a namespace that already has one is refused with
+        a clear reason; in a namespace of its own it starts.
+        """
+        harness = Harness()
+        self.addCleanup(harness.close)
+        ns = harness.netns("one")
+        harness.ovs("first", netns=ns.name)
+        e = self.assertRaises(PartFailed, harness.ovs, "second",
+                              netns=ns.name)
+        self.assertIn("one userspace datapath works per namespace", str(e))
+        harness.ovs("third", netns=harness.netns("two").name)
 
     def test_etcd_restart_keeps_data(self):
         """etcd killed and started again keeps what was written."""

@@ -184,6 +184,46 @@ class Etcd:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _netns_inode(netns: str | None) -> int | None:
+    path = f"/run/netns/{netns}" if netns else "/proc/1/ns/net"
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _vswitchd_in(netns: str | None) -> int | None:
+    """The pid of an ovs-vswitchd running in C{netns}, if any."""
+    wanted = _netns_inode(netns)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "ovs-vswitchd":
+                    continue
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == wanted:
+                return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def _remove_stale_taps(netns: str | None, names: list[str]) -> None:
+    """
+    Delete the persistent taps of a userspace datapath (C{ovs-netdev}
+    and one per bridge, its name cut to 15 characters) that no running
+    ovs-vswitchd holds.
+    """
+    if _vswitchd_in(netns) is not None:
+        return
+    for name in names:
+        link = run(["ip", "-d", "link", "show", name[:15]], netns=netns,
+                   check=False)
+        if link.returncode == 0 and "tun type tap" in link.stdout:
+            run(["ip", "link", "del", name[:15]], netns=netns, check=False)
+
+
 class OVS:
     """A private ovsdb-server and ovs-vswitchd (userspace datapath)."""
 
@@ -201,7 +241,21 @@ class OVS:
         return env
 
     def start(self) -> OVS:
-        """Create a fresh database and start both daemons."""
+        """
+        Create a fresh database and start both daemons.
+
+        @raise PartFailed: when another ovs-vswitchd runs in the same
+            network namespace: the userspace datapath of each needs the
+            tap C{ovs-netdev}, so only one of them can work.
+        """
+        other = _vswitchd_in(self.netns)
+        if other is not None:
+            raise PartFailed(
+                f"ovs-vswitchd {other} already runs in network namespace "
+                f"{self.netns or '(the root one)'}; one userspace "
+                "datapath works per namespace: stop it, or start this "
+                "OVS in a namespace of its own")
+        _remove_stale_taps(self.netns, ["ovs-netdev"])
         os.makedirs(self.directory, exist_ok=True)
         db = os.path.join(self.directory, "conf.db")
         if not os.path.exists(db):
@@ -256,9 +310,17 @@ class OVS:
                       if line.strip() and "reply" not in line)
 
     def stop(self) -> None:
-        """Stop both daemons and remove the directory."""
+        """
+        Stop both daemons, remove the taps the userspace datapath leaves
+        behind (they persist), and remove the directory.
+        """
+        try:
+            bridges = self.vsctl("list-br").split()
+        except PartFailed:
+            bridges = []
         for name in ("vswitchd.pid", "ovsdb.pid"):
             _wait_gone(_kill_pidfile(os.path.join(self.directory, name)))
+        _remove_stale_taps(self.netns, ["ovs-netdev"] + bridges)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
