@@ -20,6 +20,7 @@ from contivd.cnm.driver import (
     DockNet,
     Driver,
     docknet_key,
+    docknet_prefix,
     reservation,
 )
 from contivd.ctl.main import net_create
@@ -467,6 +468,28 @@ class DockerMadeNetworkTests(PluginTestCase):
         self.assertEqual(self.keys(NETS), {})
         self.assertEqual(self.successResultOf(ipam.tags_in_use(
             self.store, ipam.VXLAN_POOL)), {})
+
+    def test_mapping_written_before_the_network(self):
+        """
+        When CreateNetwork makes the contiv network, the mapping that
+        says Docker made it is in etcd before the network is, so that
+        the network mirror never makes a second Docker network for it.
+        """
+        seen = []
+        listing = self.successResultOf(self.store.list(NETS))
+
+        def created(event):
+            mappings = self.successResultOf(
+                self.store.list(docknet_prefix(HOST)))
+            seen.append([n.key for n in mappings.nodes])
+
+        self.store.watch(NETS, created, listing)
+        code, body = self.post("NetworkDriver.CreateNetwork", {
+            "NetworkID": DOCKER_NET,
+            "Options": {"com.docker.network.generic": {"network": "dn"}},
+            "IPv4Data": [{"Pool": "10.22.0.0/24"}]})
+        self.assertEqual(code, 200, body)
+        self.assertEqual(seen, [[docknet_key(HOST, DOCKER_NET)]])
 
     def test_default_name(self):
         """Without -o network the contiv network is named by the id."""

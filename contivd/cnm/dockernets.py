@@ -279,9 +279,11 @@ class Mirror:
         return out
 
     async def _reconcile(self) -> None:
+        # The wanted networks are taken before the mappings are read: a
+        # network Docker made has its mapping written before it exists.
+        wanted = {n.id: n for n in self.networks.values()}
         present = await self.docker.networks()
         made_by_docker = await self._own_docker_networks()
-        wanted = {n.id: n for n in self.networks.values()}
         mirrored: dict[str, DockerNetwork] = {}
         errors = []
         for found in present:

@@ -437,16 +437,18 @@ class Driver:
             network = None
         if network is not None:
             self._check_pools(network, pools)
-        else:
-            network = await self._new_network(mapping, generic, pools)
-            mapping = attr.evolve(mapping, created_by_docker=True)
-        try:
             await self.store.put(key, mapping.to_json())
-        except BaseException:
-            if mapping.created_by_docker:
-                await self._remove_network(network.network_name,
-                                           network.tenant)
-            raise
+        else:
+            # The mapping goes first: the network mirror, told of the new
+            # contiv network, must find that Docker made it, or it makes
+            # a second Docker network of the same name.
+            mapping = attr.evolve(mapping, created_by_docker=True)
+            await self.store.put(key, mapping.to_json())
+            try:
+                network = await self._new_network(mapping, generic, pools)
+            except BaseException:
+                await self._delete_keys(key)
+                raise
         log.info("Docker network {docker} is contiv network {net}{how}",
                  docker=docker_id, net=network.id,
                  how=" (created)" if mapping.created_by_docker else "")
