@@ -135,7 +135,8 @@ class OVSDBComponent(Component):
             self._health.stop()
         self._health = None
         self.agent.peers.unobserve(self._peer_added)
-        self.renderer.clear_tunnels()
+        # The renderer keeps the tunnels it knows: their ports outlive an
+        # OVSDB reconnect, and dropping them would cut remote traffic.
         client, self.client = self.client, None
         self.agent.ovsdb = None
         if client is None:
@@ -235,10 +236,6 @@ class Renderer:
     def tunnel_down(self, vtep_ip: str) -> None:
         if self.tunnels.pop(vtep_ip, None) is not None:
             self.schedule()
-
-    def clear_tunnels(self) -> None:
-        self.tunnels.clear()
-        self.schedule()
 
     def port_up(self, endpoint_id: str, ofport: int) -> None:
         """Tell the renderer the port number of a local endpoint."""
