@@ -81,6 +81,21 @@ class CommandTests(SynchronousTestCase):
         self.refused(Conflict, "net", "create", "v", "--subnet",
                      "10.3.0.0/24")
 
+    def test_overlapping_subnet_refused_within_a_tenant(self):
+        """
+        A subnet overlapping another network's in the same tenant is
+        refused, naming that network, and allocates nothing; another
+        tenant may use it.
+        """
+        self.ok("net", "create", "web", "--subnet", "10.1.0.0/24")
+        e = self.refused(Conflict, "net", "create", "dup", "--subnet",
+                         "10.1.0.128/25")
+        self.assertIn("web.default", str(e))
+        self.assertEqual(self.successResultOf(ipam.tags_in_use(
+            self.store, ipam.VXLAN_POOL)), {1: "web.default"})
+        self.ok("net", "create", "dup", "--subnet", "10.1.0.0/24",
+                "--tenant", "blue")
+
     def test_refused_network_writes_nothing(self):
         """A refused network leaves no key and no allocated tag."""
         self.refused(ValidationError, "net", "create", "bad", "--subnet",

@@ -94,7 +94,8 @@ class TwoHostTests(SynchronousTestCase):
         self.fab_ctl("global", "set", "--fwd-mode", "bridge",
                      "--pvt-subnet", "172.19.0.0/16")
         self.fab_ctl("net", "create", "web", "--subnet", "10.9.1.0/24")
-        self.fab_ctl("net", "create", "db", "--subnet", "10.9.1.0/24")
+        self.fab_ctl("net", "create", "db", "--subnet", "10.9.1.0/24",
+                     "--tenant", "blue")
         self.a = fabric.host("hostA")
         self.b = fabric.host("hostB")
         for agent in (self.a, self.b):
@@ -107,11 +108,11 @@ class TwoHostTests(SynchronousTestCase):
         return run([f"{bin_dir}/contivctl", "--etcd", self.fabric.url]
                    + list(args), netns=self.fabric.fab.name)
 
-    def endpoint(self, host, net, name, ip):
+    def endpoint(self, host, net, name, ip, tenant="default"):
         """An endpoint on C{host}, as a container runtime would make it."""
         network = json.loads(self.fabric.etcd_get(
-            f"{model.NETS}/{net}.default")["value"])
-        net_id = f"{network['networkName']}.default"
+            f"{model.NETS}/{net}.{tenant}")["value"])
+        net_id = f"{network['networkName']}.{tenant}"
         ep = model.Endpoint(
             net_id=net_id, endpoint_id=name, ip_address=ip,
             mac_address=model.mac_for(ip), homing_host=host.name,
@@ -155,7 +156,8 @@ class TwoHostTests(SynchronousTestCase):
         """
         ns_a, ep_a = self.endpoint(self.a, "web", "wa", "10.9.1.10")
         ns_b, ep_b = self.endpoint(self.b, "web", "wb", "10.9.1.11")
-        ns_d, ep_d = self.endpoint(self.b, "db", "db1", "10.9.1.12")
+        ns_d, ep_d = self.endpoint(self.b, "db", "db1", "10.9.1.12",
+                                   tenant="blue")
 
         wait_until("wa reaches wb", lambda: self.ping(ns_a, "10.9.1.11"),
                    40, interval=0.5)

@@ -134,6 +134,14 @@ async def net_create(store: Store, network: Network,
     else:
         raise Conflict(f"network {network.id} exists; remove it first "
                        f"(contivctl net rm {network.network_name})")
+    for other in await _all(store, NETS, Network):
+        if (other.tenant == network.tenant
+                and other.subnet.overlaps(network.subnet)):
+            raise Conflict(
+                f"subnet {network.subnet} overlaps {other.subnet} of "
+                f"network {other.id}; within a tenant, networks need "
+                "subnets of their own (use another subnet, or another "
+                "--tenant)")
     taken: list[tuple[str, int]] = []
     try:
         if network.pkt_tag_type == "vxlan":
