@@ -40,6 +40,12 @@ from contivd.model import (
 )
 from contivd.store.base import KeyExists, KeyMissing, Store
 
+#: Contiv's bookkeeping fields that contivd leaves at their initial
+#: values (the allocation keys replace them): kept in the stored JSON
+#: for Contiv's tools, left out of the tables people read.
+UNKEPT_FIELDS = frozenset(
+    {"epCount", "epAddrCount", "ipAllocMap", "ipv6AllocMap"})
+
 #: Seconds contivctl waits for an unreachable etcd before it gives up.
 GIVE_UP_AFTER = 10.0
 VTEP_SERVICE = "netplugin.vtep"
@@ -203,7 +209,8 @@ async def net_inspect(store: Store, name: str, tenant: str) -> Output:
     endpoints = await _endpoints_of(store, network.id)
     data = {"config": network.to_dict(), "allocated": addresses,
             "endpoints": [e.to_dict() for e in endpoints]}
-    rows = tuple((k, v) for k, v in network.to_dict().items())
+    rows = tuple((k, v) for k, v in network.to_dict().items()
+                 if k not in UNKEPT_FIELDS)
     rows += (("allocated", len(addresses)),
              ("free", network.usable_count() - len(addresses)),
              ("endpoints", ", ".join(e.id for e in endpoints) or "-"))
