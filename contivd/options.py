@@ -152,8 +152,8 @@ class AgentOptions(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Runs the contivd agent: joins the cluster through etcd, programs "
-        "Open vSwitch, and serves Docker's network and IPAM plugin API "
-        "(or the CNI server). Each option may also be given as "
+        "Open vSwitch, and serves Docker's network and IPAM plugin API. "
+        "Each option may also be given as "
         "CONTIV_<OPTION> in the environment, e.g. CONTIV_FWD_MODE=routing."
     )
 
