@@ -49,17 +49,35 @@ class FakeOVSDB:
         self.ports = {}
         self.fail_plug = False
         self.plugs = 0
+        #: When set, plugs wait for L{release}; a second plug of the same
+        #: endpoint meanwhile fails, as OVSDB refuses a second port row
+        #: of one name.
+        self.slow = False
+        self._pending = []
 
     def plug_endpoint(self, bridge, endpoint_id, mac=None, mtu=None,
                       tag=None, tx_checksum_off=False, timeout=None):
         self.plugs += 1
         ovs_name, container_name = port_names(endpoint_id)
+        if self.slow and any(e == endpoint_id for e, _ in self._pending):
+            return fail(RuntimeError("constraint violation"))
         self.ports[endpoint_id] = (bridge, mac, tx_checksum_off)
         if self.fail_plug:
             return fail(RuntimeError("ovs-vswitchd said no"))
-        return succeed(PluggedEndpoint(
+        plugged = PluggedEndpoint(
             endpoint_id=endpoint_id, ofport=len(self.ports),
-            ovs_name=ovs_name, container_name=container_name))
+            ovs_name=ovs_name, container_name=container_name)
+        if self.slow:
+            d = Deferred()
+            self._pending.append((endpoint_id, lambda: d.callback(plugged)))
+            return d
+        return succeed(plugged)
+
+    def release(self):
+        """Let the waiting plugs finish, and the ones they let start."""
+        self.slow = False
+        while self._pending:
+            self._pending.pop(0)[1]()
 
     def unplug_endpoint(self, bridge, endpoint_id, timeout=None):
         return succeed(self.ports.pop(endpoint_id, None) is not None)
@@ -340,6 +358,70 @@ class EndpointTests(PluginTestCase):
                 "NetworkID": DOCKER_NET})[0], 200)
         self.assertEqual(self.keys(docknet_key(HOST, DOCKER_NET)), {})
         self.assertIn(network_key("web"), self.keys(NETS))
+
+    def create(self, address, mac=None, endpoint=DOCKER_EP):
+        interface = {"Address": address}
+        if mac:
+            interface["MacAddress"] = mac
+        return self.post("NetworkDriver.CreateEndpoint", {
+            "NetworkID": DOCKER_NET, "EndpointID": endpoint,
+            "Interface": interface})
+
+    def test_failed_repeat_leaves_the_endpoint(self):
+        """
+        A repeated CreateEndpoint that is refused (another address, a bad
+        MAC) leaves the existing endpoint, its port and its address as
+        they were.
+        """
+        address, _ = self.container(self.pool_id)
+        ep_id = f"web.default-{DOCKER_EP}"
+        held = self.keys(ipam.address_prefix("web.default"))
+        before = (dict(self.ovsdb.ports), held, self.keys(ENDPOINTS))
+        code, body = self.create("10.9.1.7/24")
+        self.assertEqual(code, 409, body)
+        self.assertIn(ep_id, body["Err"])
+        code, body = self.create(address, mac="zz")
+        self.assertEqual(code, 400, body)
+        self.assertIn("Interface.MacAddress", body["Err"])
+        self.assertEqual(
+            (dict(self.ovsdb.ports),
+             self.keys(ipam.address_prefix("web.default")),
+             self.keys(ENDPOINTS)), before)
+
+    def test_concurrent_repeats_leave_the_endpoint(self):
+        """
+        The same CreateEndpoint sent several times at once makes one
+        endpoint; every call answers alike.
+        """
+        self.ovsdb.slow = True
+        answers = [self.client.post(
+            "http://plugin/NetworkDriver.CreateEndpoint",
+            data=json.dumps({"NetworkID": DOCKER_NET,
+                             "EndpointID": DOCKER_EP,
+                             "Interface": {"Address": "10.9.1.9/24"}}
+                            ).encode()) for _ in range(3)]
+        self.ovsdb.release()
+        self.client.flush()
+        codes = [self.successResultOf(a).code for a in answers]
+        self.assertEqual(codes, [200, 200, 200])
+        self.assertEqual(list(self.ovsdb.ports),
+                         [f"web.default-{DOCKER_EP}"])
+
+    def test_reserved_addresses_and_taken_macs_refused(self):
+        """
+        The network, broadcast and gateway addresses are refused, and so
+        is a MAC another endpoint of the network has.
+        """
+        for address in ("10.9.1.0/24", "10.9.1.255/24", "10.9.1.254/24"):
+            code, body = self.create(address)
+            self.assertEqual(code, 400, body)
+            self.assertIn("Interface.Address", body["Err"])
+        self.assertEqual(self.create("10.9.1.20/24")[0], 200)
+        code, body = self.create("10.9.1.21/24", mac="02:02:0a:09:01:14",
+                                 endpoint="f" * 64)
+        self.assertEqual(code, 409, body)
+        self.assertIn("MAC 02:02:0a:09:01:14 is taken", body["Err"])
+        self.assertEqual(len(self.ovsdb.ports), 1)
 
     def test_requested_address(self):
         """

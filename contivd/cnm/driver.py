@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import attr
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.logger import Logger
 
 from contivd import ipam
@@ -19,6 +19,7 @@ from contivd.constants import ETCD_ROOT, VLAN_BRIDGE, VXLAN_BRIDGE
 from contivd.errors import Conflict, ContivError, NotFound, ValidationError
 from contivd.model import (
     DEFAULT_TENANT,
+    ENDPOINTS,
     NETS,
     OPER_ENDPOINTS,
     Endpoint,
@@ -177,6 +178,21 @@ def _names(options: dict[str, Any], where: str) -> tuple[str, str] | None:
     return name, tenant
 
 
+def _unicast_mac(field: str, value: str) -> str:
+    """A MAC in lower case, checked to be one a container can carry."""
+    mac = value.strip().lower()
+    parts = mac.split(":")
+    if len(parts) != 6 or not all(
+            len(p) == 2 and all(c in "0123456789abcdef" for c in p)
+            for p in parts):
+        raise ValidationError(field, f"{value!r} is not a MAC address "
+                              "(like 02:02:0a:09:01:05)")
+    if int(parts[0], 16) & 1:
+        raise ValidationError(field, f"{value} is a multicast MAC; give "
+                              "a unicast one")
+    return mac
+
+
 def _plain_ip(field: str, value: str) -> str:
     """C{10.1.1.2/24} or C{10.1.1.2} as C{10.1.1.2}."""
     try:
@@ -216,6 +232,7 @@ class Driver:
         self._ovsdb = ovsdb
         self.tx_checksum_off = datapath == "netdev"
         self._on_plugged = on_plugged
+        self._locks: dict[tuple[str, str], DeferredLock] = {}
 
     @property
     def store(self) -> Store:
@@ -536,8 +553,24 @@ class Driver:
         @return: a Deferred firing with the MAC to answer, or L{None}
             when Docker gave one.
         """
-        return _run(self._create_endpoint(docker_id, docker_endpoint,
-                                          address, mac))
+        return _run(self._one_at_a_time(
+            (docker_id, docker_endpoint), lambda: self._create_endpoint(
+                docker_id, docker_endpoint, address, mac)))
+
+    async def _one_at_a_time(self, key: tuple[str, str],
+                             work: Callable[[], Awaitable[_T]]) -> _T:
+        """
+        Run C{work} for one endpoint only after the calls for it before
+        (Docker retries a slow call while the first is still running).
+        """
+        lock = self._locks.setdefault(key, DeferredLock())
+        await lock.acquire()
+        try:
+            return await work()
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(key, None)
 
     async def _create_endpoint(self, docker_id: str, docker_endpoint: str,
                                address: str, mac: str) -> str | None:
@@ -546,14 +579,24 @@ class Driver:
                 "Interface.Address", "is missing: the contiv driver needs "
                 "an IPv4 address; use --ipam-driver contiv")
         ip = _plain_ip("Interface.Address", address)
+        if mac:
+            mac = _unicast_mac("Interface.MacAddress", mac)
         mapping = await self._docknet(docker_id)
         network = await self._network(mapping.net_id)
         if ipaddress.IPv4Address(ip) not in network.subnet:
             raise ValidationError(
                 "Interface.Address", f"{ip} is outside {network.subnet} "
                 f"of network {network.id}")
+        if ip in network.reserved():
+            raise ValidationError(
+                "Interface.Address", f"{ip} is the network, broadcast or "
+                f"gateway address of {network.id}; give an endpoint "
+                "address")
         ep_id = endpoint_id(network.id, docker_endpoint)
         use_mac = mac or mac_for(ip)
+        if await self._exists_as(network, docker_endpoint, ip, use_mac,
+                                 given_mac=bool(mac)):
+            return None if mac else use_mac
         undo: list[Callable[[], Awaitable[Any]]] = []
         try:
             undo.append(await self._claim(network, ip, ep_id))
@@ -573,6 +616,37 @@ class Driver:
         log.info("endpoint {ep} created: {ip} {mac}", ep=ep_id, ip=ip,
                  mac=use_mac)
         return None if mac else use_mac
+
+    async def _exists_as(self, network: Network, docker_endpoint: str,
+                         ip: str, mac: str, given_mac: bool) -> bool:
+        """
+        Whether the endpoint exists already with this address and MAC (a
+        repeated call, answered alike and changing nothing).
+
+        @raise Conflict: when it exists with another address or MAC, or
+            another endpoint of the network has the MAC Docker gave (a
+            MAC made from the address is as unique as the address).
+        """
+        key = Endpoint(net_id=network.id, endpoint_id=docker_endpoint).key
+        for node in (await self.store.list(ENDPOINTS)).nodes:
+            try:
+                other = Endpoint.from_json(node.value)
+            except ValidationError:
+                continue
+            if other.net_id != network.id:
+                continue
+            if node.key == key:
+                if (other.ip_address, other.mac_address) == (ip, mac):
+                    return True
+                raise Conflict(
+                    f"endpoint {other.id} exists with {other.ip_address} "
+                    f"and {other.mac_address}; delete it before creating "
+                    f"it again with {ip} and {mac}")
+            if given_mac and other.mac_address == mac:
+                raise Conflict(
+                    f"MAC {mac} is taken by endpoint {other.id} of network "
+                    f"{network.id}; give another MAC or none")
+        return False
 
     async def _claim(self, network: Network, ip: str,
                      ep_id: str) -> Callable[[], Awaitable[Any]]:
@@ -708,7 +782,9 @@ class Driver:
     def delete_endpoint(self, docker_id: str,
                         docker_endpoint: str) -> Deferred[None]:
         """Undo CreateEndpoint: port and veth, address claim, etcd keys."""
-        return _run(self._delete_endpoint(docker_id, docker_endpoint))
+        return _run(self._one_at_a_time(
+            (docker_id, docker_endpoint),
+            lambda: self._delete_endpoint(docker_id, docker_endpoint)))
 
     async def _delete_endpoint(self, docker_id: str,
                                docker_endpoint: str) -> None:
