@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import attr
 from twisted.internet.endpoints import serverFromString
@@ -65,11 +66,22 @@ def _etcd_urls(name: str, value: str) -> tuple[str, ...]:
     if not urls:
         raise ConfigError(f"--{name}: give at least one etcd URL")
     for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"--{name}: {url!r} is not an http:// or https:// URL"
-            )
+        _check_url(name, url)
     return urls
+
+
+def _check_url(name: str, url: str) -> None:
+    bad = ConfigError(f"--{name}: {url!r} is not an etcd client URL "
+                      "(like http://127.0.0.1:2379)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    if (parts.scheme not in ("http", "https") or not parts.hostname
+            or port == 0 or " " in url
+            or parts.path.strip("/") or parts.query):
+        raise bad
 
 
 def _server_endpoint(name: str, value: str) -> str:
@@ -80,6 +92,12 @@ def _server_endpoint(name: str, value: str) -> str:
             f"--{name}: {value!r} is not a Twisted server endpoint "
             f"(like tcp:9090:interface=127.0.0.1): {e}"
         ) from None
+    kind, _, rest = value.partition(":")
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = rest.split(":")[0].removeprefix("port=")
+        if not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ConfigError(f"--{name}: {value!r} has a port outside "
+                              "0-65535")
     return value
 
 

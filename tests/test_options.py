@@ -69,6 +69,14 @@ class OptionTests(SynchronousTestCase):
         self.assertRefused(["--datapath", "dpdk"], "--datapath")
         self.assertRefused(["--of-listen", "bogus:1"], "--of-listen")
         self.assertRefused(["--etcd", "127.0.0.1:2379"], "--etcd")
+        for url in ("http://127.0.0.1:99999", "http://127.0.0.1:abc",
+                    "http://:2379", "http://[::1",
+                    "http://127.0.0.1:1 http://127.0.0.1:2",
+                    "http://127.0.0.1:0"):
+            self.assertRefused(["--etcd", url], "--etcd",
+                               "is not an etcd client URL")
+        self.assertRefused(["--status-listen", "tcp:99999"],
+                           "--status-listen", "0-65535")
         self.assertRefused(["--ovsdb", "/var/run/db.sock"], "--ovsdb")
         self.assertRefused(["--log-format", "xml"], "--log-format")
 
