@@ -8,15 +8,21 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from contivd.cluster import Peer
 from contivd.constants import DATAPATH_IDS, VXLAN_BRIDGE
+from contivd.errors import ContivError
 from contivd.options import AgentConfig
 from contivd.store.base import Store
 from contivd.supervisor import RUNNING, Component, Supervisor
 from contivd.view import ClusterView, ObservedSet
+
+#: Seconds of unanswered etcd requests before the store component says
+#: it is down (the status server then answers 503).
+UNREACHABLE_GRACE = 3.0
 
 
 class StoreConnection(Component):
@@ -32,6 +38,7 @@ class StoreConnection(Component):
     def __init__(self, agent: "Agent") -> None:
         super().__init__()
         self.agent = agent
+        self._health: LoopingCall | None = None
 
     def start(self) -> Deferred[None]:
         self.waiting_for("etcd at " + ", ".join(self.agent.config.etcd))
@@ -39,6 +46,23 @@ class StoreConnection(Component):
 
     async def _first_read(self) -> None:
         await self.agent.store.list("/contiv.io/master/config")
+        self._health = LoopingCall(self._check)
+        self._health.clock = self.agent.reactor
+        self._health.start(1.0, now=False)
+
+    def _check(self) -> None:
+        since = getattr(self.agent.store, "unreachable_since", None)
+        if since is not None and (self.agent.reactor.seconds() - since
+                                  >= UNREACHABLE_GRACE):
+            self.crashed(ContivError(
+                "etcd at " + ", ".join(self.agent.config.etcd)
+                + " does not answer; calls are retried until it does"))
+
+    def stop(self) -> Deferred[None]:
+        health, self._health = self._health, None
+        if health is not None and health.running:
+            health.stop()
+        return succeed(None)
 
 
 class Agent:

@@ -165,6 +165,9 @@ class EtcdStore(Store):
         self.timeout = timeout
         self.give_up_after = give_up_after
         self.observer = observer
+        #: When the requests in a row that found etcd unreachable began;
+        #: L{None} while etcd answers.
+        self.unreachable_since: float | None = None
         self._current = 0
         self._clients = [_client(u, timeout, max_calls) for u in urls]
         self._watch_clients = [_client(u, timeout, max_watches)
@@ -274,6 +277,11 @@ class EtcdStore(Store):
             await deferLater(self.clock, delay, lambda: None)
 
     def _observe(self, what: str, outcome: str, sent: float) -> None:
+        if outcome == "unreachable":
+            if self.unreachable_since is None:
+                self.unreachable_since = self.clock.seconds()
+        else:
+            self.unreachable_since = None
         if self.observer is not None:
             self.observer.round_trip(what.split(" ", 1)[0], outcome,
                                      self.clock.seconds() - sent)
