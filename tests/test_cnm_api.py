@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from contivd import ipam
-from contivd.cnm.api import CALLS, DriverAPI, Empty, PluginApp
+from contivd.cnm.api import CALLS, MAX_BODY, DriverAPI, Empty, PluginApp
 from contivd.cnm.component import DockerPlugin, remove_stale_socket
 from contivd.cnm.dockernets import LABEL, DockerError, DockerNetwork, Mirror
 from contivd.cnm.driver import (
@@ -200,6 +200,22 @@ class ProtocolTests(PluginTestCase):
             self.assertEqual(code, 400, call)
             self.assertIn("body", body[field], call)
             self.assertEqual(self.post("Plugin.Activate")[0], 200)
+
+    def test_huge_and_deep_bodies(self):
+        """
+        A body over the size limit, and JSON nested too deep to parse,
+        get 400 naming the body, before anything is stored.
+        """
+        huge = json.dumps({"NetworkID": "x" * (MAX_BODY + 10)}).encode()
+        code, body = self.post("NetworkDriver.CreateNetwork", raw=huge)
+        self.assertEqual(code, 400)
+        self.assertIn("body: is over", body["Err"])
+        code, body = self.post("IpamDriver.RequestPool",
+                               raw=b"[" * 100000 + b"]" * 100000)
+        self.assertEqual(code, 400)
+        self.assertIn("body", body["Error"])
+        listing = self.successResultOf(self.store.list("/contiv.io"))
+        self.assertEqual(listing.nodes, ())
 
     def test_incomplete_bodies_name_the_field(self):
         """An empty object to every call with required fields names one."""

@@ -213,6 +213,10 @@ class Empty:
         return cls()
 
 
+#: The largest request body taken; Docker's calls are a few hundred bytes.
+MAX_BODY = 64 * 1024
+
+
 def decode(body: bytes) -> Fields:
     """
     A request body as L{Fields}; an empty body is an empty object.
@@ -221,9 +225,12 @@ def decode(body: bytes) -> Fields:
     """
     if not body.strip():
         return Fields({})
+    if len(body) > MAX_BODY:
+        raise ValidationError("body", f"is over {MAX_BODY} bytes; Docker's "
+                              "calls are small JSON objects")
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ValidationError("body", f"is not JSON ({e}); send a JSON "
                               "object") from None
     if not isinstance(value, dict):
@@ -404,7 +411,8 @@ class PluginApp:
     def dispatch(self, request: Any, call: str) -> Deferred[bytes] | bytes:
         """Check and run one call; every answer is JSON."""
         protocol, kind, method = CALLS[call]
-        body = request.content.read() if request.content else b""
+        body = (request.content.read(MAX_BODY + 1) if request.content
+                else b"")
         log.debug("{call} {body}", call=call, body=body[:2000])
         try:
             typed = kind.parse(decode(body))
