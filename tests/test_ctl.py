@@ -96,6 +96,21 @@ class CommandTests(SynchronousTestCase):
         self.ok("net", "create", "dup", "--subnet", "10.1.0.0/24",
                 "--tenant", "blue")
 
+    def test_malformed_record_skipped(self):
+        """
+        A malformed network record is skipped, with a warning naming its
+        key, and the other networks are still listed and created.
+        """
+        self.ok("net", "create", "web", "--subnet", "10.1.0.0/24")
+        self.successResultOf(self.store.put(
+            "/contiv.io/state/nets/bad.default", "not json"))
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        listed = self.ok("net", "ls")
+        self.assertEqual([n["networkName"] for n in listed.data], ["web"])
+        self.assertIn("/contiv.io/state/nets/bad.default", err.getvalue())
+        self.ok("net", "create", "db", "--subnet", "10.2.0.0/24")
+
     def test_refused_network_writes_nothing(self):
         """A refused network leaves no key and no allocated tag."""
         self.refused(ValidationError, "net", "create", "bad", "--subnet",

@@ -19,7 +19,13 @@ from twisted.internet.task import react
 from contivd import ipam
 from contivd.ctl.status import DEFAULT_AGENT
 from contivd.ctl.status import status as agent_status
-from contivd.errors import ConfigError, Conflict, ContivError, NotFound
+from contivd.errors import (
+    ConfigError,
+    Conflict,
+    ContivError,
+    NotFound,
+    ValidationError,
+)
 from contivd.model import (
     DEFAULT_TENANT,
     ENDPOINTS,
@@ -70,8 +76,21 @@ async def _read(store: Store, key: str, cls, missing: str):
 
 
 async def _all(store: Store, prefix: str, cls) -> list:
+    """
+    Every object below C{prefix}; a malformed record is skipped with a
+    warning naming its key, so that one bad value does not stop every
+    command.
+    """
     listing = await store.list(prefix)
-    return [cls.from_json(n.value) for n in listing.nodes]
+    found = []
+    for node in listing.nodes:
+        try:
+            found.append(cls.from_json(node.value))
+        except ValidationError as e:
+            sys.stderr.write(
+                f"contivctl: skipping malformed {node.key} ({e}); repair "
+                "or delete that key in etcd\n")
+    return found
 
 
 async def _global_state(store: Store) -> GlobalState:
