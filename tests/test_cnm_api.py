@@ -423,6 +423,16 @@ class EndpointTests(PluginTestCase):
         self.assertEqual(list(self.ovsdb.ports),
                          [f"web.default-{DOCKER_EP}"])
 
+    def test_requested_prefix_must_match_the_pool(self):
+        """An address asked for with another prefix length is refused."""
+        code, body = self.post("IpamDriver.RequestAddress", {
+            "PoolID": self.pool_id, "Address": "10.9.1.8/16"})
+        self.assertEqual(code, 400, body)
+        self.assertIn("prefix length", body["Error"])
+        code, body = self.post("IpamDriver.RequestAddress", {
+            "PoolID": self.pool_id, "Address": "10.9.1.8/24"})
+        self.assertEqual((code, body["Address"]), (200, "10.9.1.8/24"))
+
     def test_reserved_addresses_and_taken_macs_refused(self):
         """
         The network, broadcast and gateway addresses are refused, and so

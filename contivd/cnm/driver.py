@@ -373,6 +373,12 @@ class Driver:
                 and ipaddress.IPv4Address(wanted) not in ref.subnet:
             raise ValidationError(
                 "Address", f"{wanted} is outside the pool {ref.subnet}")
+        if "/" in address and ipaddress.IPv4Interface(
+                address).network.prefixlen != ref.subnet.prefixlen:
+            raise ValidationError(
+                "Address", f"{address} has another prefix length than the "
+                f"pool {ref.subnet}; give the address alone or with "
+                f"/{ref.subnet.prefixlen}")
         network = await self._pool_network(ref)
         suffix = f"/{ref.subnet.prefixlen}"
         if options.get(ADDRESS_TYPE) == GATEWAY_TYPE:
