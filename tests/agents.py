@@ -17,11 +17,11 @@ from contivd.harness import Harness, free_port, run, terminate, wait_until
 BIN = os.path.dirname(sys.executable)
 
 
-def contivctl(etcd_url: str, *args: str,
-              check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run contivctl against C{etcd_url}."""
+def contivctl(etcd_url: str, *args: str, check: bool = True,
+              netns: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run contivctl against C{etcd_url}, in C{netns} when given."""
     return run([os.path.join(BIN, "contivctl"), "--etcd", etcd_url]
-               + list(args), check=check)
+               + list(args), check=check, netns=netns)
 
 
 def set_global(etcd_url: str, fwd_mode: str = "bridge") -> None:
@@ -123,6 +123,7 @@ class Agent:
 
 _PLUG = """
 import sys
+from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from contivd.constants import VXLAN_BRIDGE
 from contivd.ovsdb.client import OVSDB
@@ -137,8 +138,7 @@ async def plug(reactor, remote, endpoint_id, mac):
     finally:
         await client.close()
 
-react(lambda r, *a: __import__("twisted.internet.defer").internet.defer
-      .Deferred.fromCoroutine(plug(r, *a)), sys.argv[1:])
+react(lambda r, *a: Deferred.fromCoroutine(plug(r, *a)), sys.argv[1:])
 """
 
 

@@ -700,6 +700,9 @@ class FakeAgent:
     def component(self, name):
         return None
 
+    async def wait_for(self, waiter, *names, why=""):
+        """The fake agent has no other components to wait for."""
+
 
 class SocketTests(TestCase):
     def setUp(self):

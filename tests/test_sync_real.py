@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from contivd import model
 from contivd.constants import VXLAN_BRIDGE
 from contivd.harness import Etcd, Harness, run, skip_reason, wait_until
-from tests.agents import Agent, plug_endpoint
+from tests.agents import Agent, contivctl, plug_endpoint
 
 REASON = skip_reason("etcd", "ovsdb-server", "ovs-vswitchd", "busybox",
                      "ethtool")
@@ -69,10 +69,6 @@ class Fabric:
         agent.ns = ns
         return agent
 
-    def ctl(self, *args):
-        return run(["contivctl", "--etcd", self.url] + list(args),
-                   netns=self.fab.name)
-
     def etcd_get(self, key):
         out = run(["curl", "-s", "-m", "5", f"{self.url}/v2/keys{key}"],
                   netns=self.fab.name, check=False).stdout
@@ -104,9 +100,7 @@ class TwoHostTests(SynchronousTestCase):
             agent.wait_healthy(90)
 
     def fab_ctl(self, *args):
-        bin_dir = __import__("os").path.dirname(__import__("sys").executable)
-        return run([f"{bin_dir}/contivctl", "--etcd", self.fabric.url]
-                   + list(args), netns=self.fabric.fab.name)
+        return contivctl(self.fabric.url, *args, netns=self.fabric.fab.name)
 
     def endpoint(self, host, net, name, ip, tenant="default"):
         """An endpoint on C{host}, as a container runtime would make it."""

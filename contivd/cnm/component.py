@@ -89,10 +89,7 @@ class DockerPlugin(Component):
             "sweeping unused addresses failed: {error}", error=f.value))
 
     async def _start(self) -> None:
-        ovsdb = self.agent.component("ovsdb")
-        if ovsdb is not None:
-            self.waiting_for("the ovsdb component")
-            await ovsdb.state.when_running()
+        await self.agent.wait_for(self, "ovsdb")
         os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
         remove_stale_socket(self.path)
         site = Site(self.app.resource())
@@ -150,10 +147,7 @@ class DockerNetworks(Component):
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        plugin = self.agent.component("docker")
-        if plugin is not None:
-            self.waiting_for("the docker plugin socket")
-            await plugin.state.when_running()
+        await self.agent.wait_for(self, "docker", why=", its plugin socket")
         store = self.agent.store
         self.waiting_for("the networks in etcd")
         listing = await store.list(NETS)
